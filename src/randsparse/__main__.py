@@ -1,0 +1,7 @@
+"""`python -m randsparse` runs the command-line interface."""
+
+import sys
+
+from randsparse.cli import main
+
+sys.exit(main())

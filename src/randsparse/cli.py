@@ -1,0 +1,187 @@
+"""The `randsparse` command line: parsing and printing only; the work is in the library.
+
+Errors a user can cause end as one line on stderr and exit code 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from randsparse import __version__
+from randsparse.errors import ConfigError, RandsparseError
+from randsparse.models import available_models, build
+from randsparse.sparsity import (
+    PrunableSelector,
+    SparsityPlan,
+    available_distributions,
+    load_custom_densities,
+    plan_sparsity,
+)
+from randsparse.sparsity.masks import SAMPLING_MODES, load_masks, save_masks
+from randsparse.sparsity.plan import plan_from_masks
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (and exit code 2) instead of usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", required=True, help=f"model name; one of: {', '.join(available_models())}")
+    group.add_argument("--width", type=float, help="width multiplier (models that have one)")
+    group.add_argument("--depth", type=int, help="depth (models with a depth knob, e.g. cifar_resnet)")
+    group.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
+    group.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
+
+
+def _add_plan_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "plan",
+        help="per-layer densities and random mask of a model, without training",
+        description="Print the per-layer sparsity plan (name, shape, params, density, kept) of a model.",
+    )
+    _add_model_args(parser)
+    rule = parser.add_argument_group("sparsity")
+    rule.add_argument(
+        "--sparsity", type=_fraction, help="global fraction of prunable weights zeroed, in [0, 1)"
+    )
+    rule.add_argument(
+        "--distribution",
+        default="erk",
+        help=f"layer-wise rule; one of: {', '.join(available_distributions())}",
+    )
+    rule.add_argument("--seed", type=int, default=0, help="mask seed (default 0)")
+    rule.add_argument("--sampling", choices=SAMPLING_MODES, default="exact", help="exact count or Bernoulli")
+    rule.add_argument("--erk-power-scale", type=float, help="erk/erk_plus: exponent of the ERK ratio")
+    rule.add_argument(
+        "--classifier-density", type=float, help="erk_plus: density of the classifier (default 1)"
+    )
+    rule.add_argument(
+        "--custom", metavar="FILE", help="custom: YAML/JSON with 'density:' or 'sparsity:' per layer"
+    )
+    rule.add_argument("--include", metavar="REGEX", help="only prune weights whose name matches")
+    rule.add_argument("--exclude", metavar="REGEX", help="never prune weights whose name matches")
+    io = parser.add_argument_group("mask files")
+    io.add_argument("--masks", metavar="FILE", help="describe a saved mask file instead of drawing masks")
+    io.add_argument("--save-masks", metavar="FILE", help="write the drawn masks to FILE (atomically)")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    parser.set_defaults(handler=_run_plan)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = _Parser(prog="randsparse", description="Sparse training from scratch with random pruning.")
+    parser.add_argument("--version", action="version", version=f"randsparse {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+    _add_plan_parser(commands)
+    return parser
+
+
+def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.erk_power_scale is not None:
+        options["erk_power_scale"] = args.erk_power_scale
+    if args.classifier_density is not None:
+        options["classifier_density"] = args.classifier_density
+    if args.custom is not None:
+        options["densities"] = load_custom_densities(args.custom)
+    elif args.distribution == "custom":
+        raise ConfigError("distribution 'custom' needs --custom FILE")
+    return options
+
+
+def _build_model(args: argparse.Namespace) -> torch.nn.Module:
+    options: dict[str, Any] = {}
+    if args.width is not None:
+        options["width"] = args.width
+    if args.depth is not None:
+        options["depth"] = args.depth
+    # Plans need shapes only: build on the meta device, so even huge models cost no memory.
+    with torch.device("meta"):
+        return build(args.model, num_classes=args.num_classes, in_channels=args.in_channels, **options)
+
+
+def _run_plan(args: argparse.Namespace, console: Console) -> int:
+    model = _build_model(args)
+    if args.masks is not None:
+        if args.save_masks is not None:
+            raise ConfigError("--masks describes an existing file; it cannot be combined with --save-masks")
+        masks, metadata = load_masks(args.masks)
+        masks.validate(model)
+        sparsity = 1.0 - masks.density()
+        plan = plan_from_masks(masks, sparsity, str(metadata.get("distribution", "file")))
+    else:
+        if args.sparsity is None:
+            raise ConfigError("--sparsity is required (or --masks FILE to describe saved masks)")
+        selector = PrunableSelector(include=args.include, exclude=args.exclude)
+        plan = plan_sparsity(
+            model, args.sparsity, args.distribution, args.seed, args.sampling, selector, **_rule_options(args)
+        )
+        if args.save_masks is not None:
+            save_masks(
+                plan.masks,
+                args.save_masks,
+                model=args.model,
+                sparsity=args.sparsity,
+                distribution=args.distribution,
+                seed=args.seed,
+                sampling=args.sampling,
+            )
+    if args.format == "json":
+        print(json.dumps({"model": args.model, **plan.to_dict()}, indent=2))
+    else:
+        console.print(_plan_table(args.model, plan))
+    return 0
+
+
+def _plan_table(model: str, plan: SparsityPlan) -> Table:
+    table = Table(
+        title=f"{model}: sparsity {plan.sparsity:g}, distribution {plan.distribution}",
+        show_footer=True,
+        title_justify="left",
+    )
+    table.add_column("layer", footer="total")
+    table.add_column("shape")
+    table.add_column("params", justify="right", footer=f"{plan.params:,}")
+    table.add_column("density", justify="right", footer=f"{plan.density:.4f}")
+    table.add_column("kept", justify="right", footer=f"{plan.kept:,}")
+    for layer in plan.layers:
+        shape = "×".join(str(d) for d in layer.shape)
+        table.add_row(layer.name, shape, f"{layer.params:,}", f"{layer.density:.4f}", f"{layer.kept:,}")
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    try:
+        return int(args.handler(args, console))
+    except RandsparseError as exc:
+        print(f"randsparse {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

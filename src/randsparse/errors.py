@@ -1,0 +1,40 @@
+"""Errors a user can cause: each says what was asked, why it cannot be, and what would work.
+
+The CLI turns any `RandsparseError` into one line on stderr and exit code 2; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class RandsparseError(Exception):
+    """Base class of every error caused by user input (flags, configs, files)."""
+
+
+class ConfigError(RandsparseError, ValueError):
+    """A flag or config value is out of range or malformed."""
+
+
+class UnknownNameError(RandsparseError, KeyError):
+    """A registry lookup (distribution, model, ...) asked for a name that is not registered."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(self.known)}")
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0])
+
+
+class InfeasibleBudgetError(RandsparseError, ValueError):
+    """A layer-wise rule cannot meet the requested global sparsity."""
+
+
+class MaskMismatchError(RandsparseError, ValueError):
+    """A mask set does not fit a model (missing layer, extra layer or wrong shape)."""
+
+
+class FileFormatError(RandsparseError, ValueError):
+    """A file randsparse should read is missing, unreadable, or not in the expected format."""

@@ -1,0 +1,111 @@
+"""The CIFAR ResNet family of He et al. (2016): depth 6n+2, BasicBlocks, a width multiplier.
+
+Stages have 16w, 32w and 64w channels; where a block changes shape the shortcut is a 1x1 conv and
+BN (option B), as in the random-pruning paper's code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from randsparse.errors import ConfigError
+from randsparse.models.registry import register_model
+
+InitMode = Literal["fan_in", "fan_out"]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a ReLU between, plus a shortcut."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs with three stages of `blocks_per_stage` BasicBlocks each."""
+
+    def __init__(
+        self,
+        blocks_per_stage: int,
+        width: float = 1.0,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        init_mode: InitMode = "fan_in",
+    ) -> None:
+        super().__init__()
+        if width <= 0:
+            raise ConfigError(f"width must be positive, got {width!r}")
+        if init_mode not in ("fan_in", "fan_out"):
+            raise ConfigError(f"init_mode must be 'fan_in' or 'fan_out', got {init_mode!r}")
+        planes = [max(1, round(base * width)) for base in (16, 32, 64)]
+        self.conv1 = nn.Conv2d(in_channels, planes[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes[0])
+        stages = []
+        in_planes = planes[0]
+        for index, out_planes in enumerate(planes):
+            blocks = []
+            for block in range(blocks_per_stage):
+                stride = 2 if index > 0 and block == 0 else 1
+                blocks.append(BasicBlock(in_planes, out_planes, stride))
+                in_planes = out_planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(planes[2], num_classes)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, mode=init_mode, nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.fc(torch.flatten(self.pool(out), 1))
+
+
+@register_model("cifar_resnet")
+def cifar_resnet(
+    depth: int = 20,
+    width: float = 1.0,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    init_mode: InitMode = "fan_in",
+) -> CifarResNet:
+    """CIFAR ResNet of any depth 6n+2 (n >= 1) and width multiplier."""
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth!r}")
+    return CifarResNet((depth - 2) // 6, width, num_classes, in_channels, init_mode)
+
+
+def _fixed_depth(depth: int) -> None:
+    def builder(
+        width: float = 1.0, num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_in"
+    ) -> CifarResNet:
+        return cifar_resnet(depth, width, num_classes, in_channels, init_mode)
+
+    builder.__name__ = f"resnet{depth}"
+    builder.__doc__ = f"CIFAR ResNet-{depth} ({(depth - 2) // 6} BasicBlocks per stage), any width."
+    register_model(f"resnet{depth}")(builder)
+
+
+for _depth in (20, 32, 44, 56, 110):
+    _fixed_depth(_depth)

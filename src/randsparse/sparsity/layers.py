@@ -1,0 +1,111 @@
+"""Which parameters of a model are prunable, in the model's registration order.
+
+By default the weight of every Conv1d/2d/3d (grouped and depthwise included) and Linear module is
+prunable; normalisation weights and biases never are, whatever the filters say.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from randsparse.errors import ConfigError
+
+DEFAULT_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+# Modules whose weights are scale/shift vectors, never connections: excluded even if a user's
+# type filter would admit them.
+_NEVER_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PrunableSelector:
+    """Filters deciding which module weights are prunable.
+
+    A weight is prunable when its module is an instance of one of `types` and of none of
+    `exclude_types`, its name (``"<module>.weight"``) matches `include` (if given, `re.search`) and
+    does not match `exclude` (if given).
+    """
+
+    types: tuple[type[nn.Module], ...] = DEFAULT_PRUNABLE_TYPES
+    exclude_types: tuple[type[nn.Module], ...] = ()
+    include: str | None = None
+    exclude: str | None = None
+    _include_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    _exclude_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_include_re", _compile(self.include, "include"))
+        object.__setattr__(self, "_exclude_re", _compile(self.exclude, "exclude"))
+
+    def admits(self, module: nn.Module, param_name: str) -> bool:
+        """True when `module`'s weight, named `param_name`, is prunable under these filters."""
+        if isinstance(module, _NEVER_PRUNABLE_TYPES):
+            return False
+        if not isinstance(module, self.types) or isinstance(module, self.exclude_types):
+            return False
+        if self._include_re is not None and not self._include_re.search(param_name):
+            return False
+        return not (self._exclude_re is not None and self._exclude_re.search(param_name))
+
+
+def _compile(pattern: str | None, what: str) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"invalid {what} regex {pattern!r}: {exc}") from None
+
+
+def prunable_parameters(
+    model: nn.Module, selector: PrunableSelector | None = None
+) -> dict[str, nn.Parameter]:
+    """Prunable weights of `model` by qualified name, in registration order.
+
+    Only a module's own ``weight`` is considered (biases are never pruned); a weight shared by
+    several modules is listed once, under its first name.
+    """
+    selector = selector or PrunableSelector()
+    found: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is None or id(weight) in seen:
+            continue
+        name = f"{module_name}.weight" if module_name else "weight"
+        if selector.admits(module, name):
+            found[name] = weight
+            seen.add(id(weight))
+    return found
+
+
+def prunable_shapes(model: nn.Module, selector: PrunableSelector | None = None) -> dict[str, Shape]:
+    """`{name: shape}` of the prunable weights: the input every density rule works on."""
+    return {name: tuple(p.shape) for name, p in prunable_parameters(model, selector).items()}
+
+
+def owning_module(model: nn.Module, param_name: str) -> tuple[nn.Module, str]:
+    """The module holding parameter `param_name` and the attribute name within it."""
+    module_path, _, attr = param_name.rpartition(".")
+    return (model.get_submodule(module_path) if module_path else model), attr
+
+
+def names_matching(names: Iterable[str], pattern: str) -> list[str]:
+    """Names equal to `pattern`, or else fully matching it as a regex (for name-keyed options)."""
+    names = list(names)
+    if pattern in names:
+        return [pattern]
+    regex = _compile(pattern, "layer name")
+    assert regex is not None
+    return [n for n in names if regex.fullmatch(n)]

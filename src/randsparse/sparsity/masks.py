@@ -1,0 +1,272 @@
+"""`MaskSet`: named boolean masks (True = weight kept), drawn at random, saved compactly.
+
+Each layer's mask comes from its own random stream, derived from the seed and the layer's name,
+so adding or removing another layer never changes it, and the draw happens on the CPU so it does
+not depend on the device either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError
+from randsparse.sparsity.layers import Shape, owning_module
+from randsparse.storage import atomic_torch_save
+
+Sampling = Literal["exact", "bernoulli"]
+SAMPLING_MODES: tuple[str, ...] = ("exact", "bernoulli")
+
+_STATE_FORMAT = "randsparse.maskset/packbits-v1"
+
+
+def kept_count(density: float, size: int) -> int:
+    """Number of weights an exact draw keeps in a layer of `size` weights at `density`."""
+    return min(size, max(0, round(density * size)))
+
+
+def layer_generator(seed: int, name: str) -> np.random.Generator:
+    """The random stream of layer `name` under `seed`: independent of every other layer."""
+    name_key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:16], "little")
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, name_key])))
+
+
+def seed_from(seed: int | torch.Generator) -> int:
+    """A non-negative integer seed; a `torch.Generator` is advanced once to provide it."""
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 2**62, (1,), generator=seed).item())
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    return seed
+
+
+def _draw_exact(rng: np.random.Generator, size: int, keep: int) -> np.ndarray:
+    """Uniformly random boolean vector with exactly `keep` True entries.
+
+    Draw i.i.d. Bernoulli(keep/size), then drop (or add) the surplus at random among the set
+    (unset) positions. Every step treats positions symmetrically, so the result is uniform over
+    all subsets of size `keep`; it costs O(size) with small constants, unlike a full permutation.
+    """
+    if keep == 0:
+        return np.zeros(size, dtype=bool)
+    if keep == size:
+        return np.ones(size, dtype=bool)
+    mask = rng.random(size, dtype=np.float32) < (keep / size)
+    surplus = int(np.count_nonzero(mask)) - keep
+    if surplus > 0:
+        on = np.flatnonzero(mask)
+        mask[on[rng.choice(on.size, size=surplus, replace=False)]] = False
+    elif surplus < 0:
+        off = np.flatnonzero(~mask)
+        mask[off[rng.choice(off.size, size=-surplus, replace=False)]] = True
+    return mask
+
+
+def _draw_bernoulli(rng: np.random.Generator, size: int, density: float) -> np.ndarray:
+    """Per-element Bernoulli(density) draw, as the paper's code does (count is random)."""
+    return rng.random(size) < density
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """One row of a mask summary: what a layer is and how much of it is kept."""
+
+    name: str
+    shape: Shape
+    params: int
+    kept: int
+
+    @property
+    def density(self) -> float:
+        """Fraction of this layer's weights kept."""
+        return self.kept / self.params if self.params else 0.0
+
+
+class MaskSet(Mapping[str, torch.Tensor]):
+    """Ordered mapping from prunable weight name to a boolean mask of the weight's shape."""
+
+    def __init__(self, masks: Mapping[str, torch.Tensor]) -> None:
+        self._masks: dict[str, torch.Tensor] = {}
+        for name, mask in masks.items():
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                raise TypeError(f"mask {name!r} must be a bool tensor")
+            self._masks[name] = mask
+
+    # Mapping protocol
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._masks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __repr__(self) -> str:
+        return f"MaskSet({len(self)} layers, density={self.density():.6f})"
+
+    @classmethod
+    def random(
+        cls,
+        shapes: Mapping[str, Shape],
+        densities: Mapping[str, float],
+        seed: int | torch.Generator,
+        sampling: Sampling = "exact",
+    ) -> MaskSet:
+        """Draw a random mask per layer at the given densities.
+
+        `sampling="exact"` keeps ``round(density * size)`` positions chosen uniformly without
+        replacement; ``"bernoulli"`` keeps each weight independently with probability `density`.
+        """
+        if sampling not in SAMPLING_MODES:
+            raise ConfigError(f"unknown sampling {sampling!r}; known: {', '.join(SAMPLING_MODES)}")
+        missing = [n for n in shapes if n not in densities]
+        if missing:
+            raise ConfigError(f"no density given for layer {missing[0]!r}")
+        base = seed_from(seed)
+        masks: dict[str, torch.Tensor] = {}
+        for name, shape in shapes.items():
+            size = math.prod(shape)
+            rng = layer_generator(base, name)
+            if sampling == "exact":
+                flat = _draw_exact(rng, size, kept_count(densities[name], size))
+            else:
+                flat = _draw_bernoulli(rng, size, densities[name])
+            masks[name] = torch.from_numpy(flat).reshape(shape)
+        return cls(masks)
+
+    @classmethod
+    def ones(cls, shapes: Mapping[str, Shape]) -> MaskSet:
+        """All-kept masks: the dense network expressed as a mask set."""
+        return cls({n: torch.ones(s, dtype=torch.bool) for n, s in shapes.items()})
+
+    @property
+    def shapes(self) -> dict[str, Shape]:
+        """`{name: shape}` of the masks."""
+        return {n: tuple(m.shape) for n, m in self._masks.items()}
+
+    def summary(self) -> list[LayerSummary]:
+        """Per-layer name, shape, size and kept count, in order."""
+        return [
+            LayerSummary(n, tuple(m.shape), m.numel(), int(m.count_nonzero())) for n, m in self._masks.items()
+        ]
+
+    def num_params(self) -> int:
+        """Number of prunable weights covered by the masks."""
+        return sum(m.numel() for m in self._masks.values())
+
+    def num_kept(self) -> int:
+        """Number of weights the masks keep."""
+        return sum(int(m.count_nonzero()) for m in self._masks.values())
+
+    def density(self) -> float:
+        """Realised global density over the masked weights."""
+        total = self.num_params()
+        return self.num_kept() / total if total else 0.0
+
+    def to(self, device: torch.device | str) -> MaskSet:
+        """The same masks on `device`."""
+        return MaskSet({n: m.to(device) for n, m in self._masks.items()})
+
+    def equal(self, other: Mapping[str, torch.Tensor]) -> bool:
+        """True when `other` holds the same names, in the same order, with identical masks."""
+        return list(self) == list(other) and all(
+            torch.equal(m.cpu(), other[n].cpu()) for n, m in self._masks.items()
+        )
+
+    # Persistence: bit-packed, about size/8 bytes per layer.
+    def state_dict(self) -> dict[str, Any]:
+        """Compact, `torch.save`-able form: shapes plus bit-packed masks."""
+        return {
+            "format": _STATE_FORMAT,
+            "masks": {
+                n: {
+                    "shape": list(m.shape),
+                    "bits": torch.from_numpy(np.packbits(m.detach().cpu().numpy().reshape(-1))),
+                }
+                for n, m in self._masks.items()
+            },
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> MaskSet:
+        """Rebuild a mask set written by `state_dict`; malformed input is a `MaskMismatchError`."""
+        if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT:
+            raise MaskMismatchError("not a randsparse mask state (missing or unknown 'format')")
+        entries = state.get("masks")
+        if not isinstance(entries, Mapping):
+            raise MaskMismatchError("mask state has no 'masks' mapping")
+        masks: dict[str, torch.Tensor] = {}
+        for name, entry in entries.items():
+            try:
+                shape = tuple(int(d) for d in entry["shape"])
+                bits = entry["bits"].cpu().numpy().astype(np.uint8, copy=False)
+                size = math.prod(shape)
+                if bits.size != (size + 7) // 8:
+                    raise ValueError("bit count does not match the shape")
+                flat = np.unpackbits(bits, count=size).astype(bool)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise MaskMismatchError(f"corrupt mask entry {name!r}: {exc}") from None
+            masks[name] = torch.from_numpy(flat).reshape(shape)
+        return cls(masks)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace these masks by those in `state` (as written by `state_dict`)."""
+        self._masks = dict(MaskSet.from_state_dict(state)._masks)
+
+    # Relation to a model
+    def validate(self, model: nn.Module) -> None:
+        """Raise `MaskMismatchError` naming the first layer whose name or shape does not fit."""
+        params = dict(model.named_parameters(remove_duplicate=False))
+        for name, mask in self._masks.items():
+            if name not in params:
+                raise MaskMismatchError(f"mask for {name!r}, but the model has no such parameter")
+            if tuple(params[name].shape) != tuple(mask.shape):
+                raise MaskMismatchError(
+                    f"mask for {name!r} has shape {tuple(mask.shape)}, but the model's parameter"
+                    f" has shape {tuple(params[name].shape)}"
+                )
+
+    @torch.no_grad()
+    def apply_(self, model: nn.Module) -> nn.Module:
+        """Zero every pruned weight of `model` in place (after validating the fit)."""
+        self.validate(model)
+        for name, mask in self._masks.items():
+            module, attr = owning_module(model, name)
+            weight = getattr(module, attr)
+            weight.mul_(mask.to(weight.device))
+        return model
+
+
+_FILE_KEY = "randsparse_masks"
+
+
+def save_masks(masks: MaskSet, path: str | Path, **metadata: Any) -> None:
+    """Write `masks` (bit-packed) and JSON-like `metadata` to `path` atomically."""
+    atomic_torch_save({_FILE_KEY: masks.state_dict(), "metadata": metadata}, path)
+
+
+def load_masks(path: str | Path) -> tuple[MaskSet, dict[str, Any]]:
+    """Read a mask file written by `save_masks`: the masks and their metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"mask file {str(path)!r} does not exist")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise FileFormatError(f"cannot read mask file {str(path)!r}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(content, dict) or _FILE_KEY not in content:
+        raise FileFormatError(f"{str(path)!r} is not a randsparse mask file")
+    try:
+        masks = MaskSet.from_state_dict(content[_FILE_KEY])
+    except MaskMismatchError as exc:
+        raise FileFormatError(f"mask file {str(path)!r} is corrupt: {exc}") from None
+    return masks, dict(content.get("metadata") or {})
