@@ -62,9 +62,7 @@ def _add_plan_parser(commands: argparse._SubParsersAction) -> None:
     )
     _add_model_args(parser)
     rule = parser.add_argument_group("sparsity")
-    rule.add_argument(
-        "--sparsity", type=_fraction, help="global fraction of prunable weights zeroed, in [0, 1)"
-    )
+    rule.add_argument("--sparsity", type=_fraction, help="global fraction of prunable weights zeroed, in [0, 1)")
     rule.add_argument(
         "--distribution",
         default="erk",
@@ -73,12 +71,8 @@ def _add_plan_parser(commands: argparse._SubParsersAction) -> None:
     rule.add_argument("--seed", type=int, default=0, help="mask seed (default 0)")
     rule.add_argument("--sampling", choices=SAMPLING_MODES, default="exact", help="exact count or Bernoulli")
     rule.add_argument("--erk-power-scale", type=float, help="erk/erk_plus: exponent of the ERK ratio")
-    rule.add_argument(
-        "--classifier-density", type=float, help="erk_plus: density of the classifier (default 1)"
-    )
-    rule.add_argument(
-        "--custom", metavar="FILE", help="custom: YAML/JSON with 'density:' or 'sparsity:' per layer"
-    )
+    rule.add_argument("--classifier-density", type=float, help="erk_plus: density of the classifier (default 1)")
+    rule.add_argument("--custom", metavar="FILE", help="custom: YAML/JSON with 'density:' or 'sparsity:' per layer")
     rule.add_argument("--include", metavar="REGEX", help="only prune weights whose name matches")
     rule.add_argument("--exclude", metavar="REGEX", help="never prune weights whose name matches")
     io = parser.add_argument_group("mask files")

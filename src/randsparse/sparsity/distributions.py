@@ -340,9 +340,7 @@ def resolve_custom_densities(names: list[str], densities: Mapping[str, float]) -
         matched = names_matching(names, key)
         if not matched:
             preview = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-            raise ConfigError(
-                f"custom density given for {key!r}, which matches no prunable layer (layers: {preview})"
-            )
+            raise ConfigError(f"custom density given for {key!r}, which matches no prunable layer (layers: {preview})")
         if matched == [key]:
             exact[key] = float(value)
             continue

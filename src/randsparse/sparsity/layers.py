@@ -68,9 +68,7 @@ def _compile(pattern: str | None, what: str) -> re.Pattern[str] | None:
         raise ConfigError(f"invalid {what} regex {pattern!r}: {exc}") from None
 
 
-def prunable_parameters(
-    model: nn.Module, selector: PrunableSelector | None = None
-) -> dict[str, nn.Parameter]:
+def prunable_parameters(model: nn.Module, selector: PrunableSelector | None = None) -> dict[str, nn.Parameter]:
     """Prunable weights of `model` by qualified name, in registration order.
 
     Only a module's own ``weight`` is considered (biases are never pruned); a weight shared by

@@ -155,9 +155,7 @@ class MaskSet(Mapping[str, torch.Tensor]):
 
     def summary(self) -> list[LayerSummary]:
         """Per-layer name, shape, size and kept count, in order."""
-        return [
-            LayerSummary(n, tuple(m.shape), m.numel(), int(m.count_nonzero())) for n, m in self._masks.items()
-        ]
+        return [LayerSummary(n, tuple(m.shape), m.numel(), int(m.count_nonzero())) for n, m in self._masks.items()]
 
     def num_params(self) -> int:
         """Number of prunable weights covered by the masks."""
@@ -178,9 +176,7 @@ class MaskSet(Mapping[str, torch.Tensor]):
 
     def equal(self, other: Mapping[str, torch.Tensor]) -> bool:
         """True when `other` holds the same names, in the same order, with identical masks."""
-        return list(self) == list(other) and all(
-            torch.equal(m.cpu(), other[n].cpu()) for n, m in self._masks.items()
-        )
+        return list(self) == list(other) and all(torch.equal(m.cpu(), other[n].cpu()) for n, m in self._masks.items())
 
     # Persistence: bit-packed, about size/8 bytes per layer.
     def state_dict(self) -> dict[str, Any]:
