@@ -118,8 +118,8 @@ def _build_model(args: argparse.Namespace) -> torch.nn.Module:
 def _run_plan(args: argparse.Namespace, console: Console) -> int:
     model = _build_model(args)
     if args.masks is not None:
-        if args.save_masks is not None:
-            raise ConfigError("--masks describes an existing file; it cannot be combined with --save-masks")
+        if args.save_masks is not None or args.sparsity is not None:
+            raise ConfigError("--masks describes a saved mask file; --sparsity and --save-masks do not apply")
         masks, metadata = load_masks(args.masks)
         masks.validate(model)
         sparsity = 1.0 - masks.density()
@@ -175,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RandsparseError as exc:
         print(f"randsparse {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly, as Unix tools do
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

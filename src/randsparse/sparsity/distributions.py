@@ -90,10 +90,9 @@ def layer_densities(
 
 
 def check_density(density: float) -> None:
-    """Reject a target density outside (0, 1], phrased in sparsity, the user's vocabulary."""
-    if not isinstance(density, (int, float)) or not (0.0 < density <= 1.0):
-        sparsity = 1.0 - density if isinstance(density, (int, float)) else density
-        raise ConfigError(f"sparsity must lie in [0, 1), got {sparsity!r}")
+    """Reject a target density (fraction kept) outside (0, 1]."""
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not (0.0 < density <= 1.0):
+        raise ConfigError(f"target density must lie in (0, 1] (sparsity in [0, 1)), got density {density!r}")
 
 
 def _sizes(shapes: Mapping[str, Shape]) -> dict[str, int]:

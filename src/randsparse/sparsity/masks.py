@@ -128,9 +128,11 @@ class MaskSet(Mapping[str, torch.Tensor]):
         """
         if sampling not in SAMPLING_MODES:
             raise ConfigError(f"unknown sampling {sampling!r}; known: {', '.join(SAMPLING_MODES)}")
-        missing = [n for n in shapes if n not in densities]
-        if missing:
-            raise ConfigError(f"no density given for layer {missing[0]!r}")
+        for name in shapes:
+            if name not in densities:
+                raise ConfigError(f"no density given for layer {name!r}")
+            if not (0.0 <= densities[name] <= 1.0):
+                raise ConfigError(f"density of layer {name!r} must lie in [0, 1], got {densities[name]!r}")
         base = seed_from(seed)
         masks: dict[str, torch.Tensor] = {}
         for name, shape in shapes.items():
