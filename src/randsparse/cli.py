@@ -24,6 +24,7 @@ from randsparse.sparsity import (
     available_distributions,
     load_custom_densities,
     plan_sparsity,
+    prunable_shapes,
 )
 from randsparse.sparsity.masks import SAMPLING_MODES, load_masks, save_masks
 from randsparse.sparsity.plan import plan_from_masks
@@ -121,7 +122,8 @@ def _run_plan(args: argparse.Namespace, console: Console) -> int:
         if args.save_masks is not None or args.sparsity is not None:
             raise ConfigError("--masks describes a saved mask file; --sparsity and --save-masks do not apply")
         masks, metadata = load_masks(args.masks)
-        masks.validate(model)
+        saved = PrunableSelector(include=metadata.get("include"), exclude=metadata.get("exclude"))
+        masks.validate(model, expected=prunable_shapes(model, saved))
         sparsity = 1.0 - masks.density()
         plan = plan_from_masks(masks, sparsity, str(metadata.get("distribution", "file")))
     else:
@@ -140,6 +142,8 @@ def _run_plan(args: argparse.Namespace, console: Console) -> int:
                 distribution=args.distribution,
                 seed=args.seed,
                 sampling=args.sampling,
+                include=args.include,
+                exclude=args.exclude,
             )
     if args.format == "json":
         print(json.dumps({"model": args.model, **plan.to_dict()}, indent=2))

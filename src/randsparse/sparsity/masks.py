@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -221,9 +221,25 @@ class MaskSet(Mapping[str, torch.Tensor]):
         self._masks = dict(MaskSet.from_state_dict(state)._masks)
 
     # Relation to a model
-    def validate(self, model: nn.Module) -> None:
-        """Raise `MaskMismatchError` naming the first layer whose name or shape does not fit."""
+    def validate(self, model: nn.Module, expected: Iterable[str] | None = None) -> None:
+        """Raise `MaskMismatchError` naming the first layer whose name or shape does not fit.
+
+        With `expected` (e.g. the model's prunable layers), the masks must cover exactly those
+        names: a model layer without a mask is a mismatch too.
+        """
         params = dict(model.named_parameters(remove_duplicate=False))
+        if expected is not None:
+            expected = list(expected)
+            for name in expected:
+                if name not in self._masks:
+                    raise MaskMismatchError(
+                        f"the model's prunable layer {name!r} has no mask (the masks cover"
+                        f" {len(self)} layers, the model has {len(expected)})"
+                    )
+            wanted = set(expected)
+            for name in self._masks:
+                if name not in wanted and name in params:
+                    raise MaskMismatchError(f"mask for {name!r}, which is not a prunable layer of the model")
         for name, mask in self._masks.items():
             if name not in params:
                 raise MaskMismatchError(f"mask for {name!r}, but the model has no such parameter")
