@@ -13,11 +13,13 @@
 
 Any optimizer works (SGD, Adam, AdamW, under a `torch.amp.GradScaler` too): nothing here depends
 on its update rule. Hooks are not carried by `copy.deepcopy` or pickling; call `attach` again on a
-copy (`masks_from_model` reads its masks back).
+copy (`masks_from_model` reads its masks back). A frozen weight (``requires_grad=False``) is masked
+once and gets no gradient hook.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from functools import partial
 
@@ -31,6 +33,11 @@ from randsparse.sparsity.layers import owning_module
 from randsparse.sparsity.masks import MaskSet
 
 BUFFER_SUFFIX = "_randsparse_mask"
+
+# Weights whose masks a live `FixedMask` enforces, keyed by id (tensors cannot be compared as
+# keys). Weak, so it never keeps a model alive; a copy of a model has new weight tensors, so masks
+# can be attached to the copy again.
+_ENFORCED: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
 
 
 def _mask_grad(module: nn.Module, buffer: str, grad: torch.Tensor) -> torch.Tensor:
@@ -48,16 +55,23 @@ class FixedMask:
         self._targets: dict[int, tuple[nn.Parameter, nn.Module, str]] = {}
         self._handles: list[RemovableHandle] = []
         self._optimizers: list[Optimizer] = []
+        # Check every layer before touching any, so a refused attach leaves the model as it was.
+        located = []
         for name, mask in masks.items():
             module, attr = owning_module(model, name)
             weight = module._parameters[attr]
             assert weight is not None
-            buffer = attr + BUFFER_SUFFIX
-            if buffer in module._buffers:
+            if id(weight) in _ENFORCED:
                 raise MaskMismatchError(f"masks are already attached to {name!r}; remove them first")
+            located.append((module, attr, weight, mask))
+        for module, attr, weight, mask in located:
+            # A copied or unpickled model may carry a stale buffer of that name: it is replaced.
+            buffer = attr + BUFFER_SUFFIX
             module.register_buffer(buffer, mask.to(weight.device), persistent=False)
             self._targets[id(weight)] = (weight, module, buffer)
-            self._handles.append(weight.register_hook(partial(_mask_grad, module, buffer)))
+            _ENFORCED[id(weight)] = weight
+            if weight.requires_grad:  # a frozen weight has no gradient to mask
+                self._handles.append(weight.register_hook(partial(_mask_grad, module, buffer)))
         self._reapply(p for p, _, _ in self._targets.values())
 
     @property
@@ -105,8 +119,9 @@ class FixedMask:
             handle.remove()
         self._handles.clear()
         self._optimizers.clear()
-        if not keep_buffers:
-            for _, module, buffer in self._targets.values():
+        for weight, module, buffer in self._targets.values():
+            _ENFORCED.pop(id(weight), None)
+            if not keep_buffers:
                 module._buffers.pop(buffer, None)
                 module._non_persistent_buffers_set.discard(buffer)
         self._targets.clear()
