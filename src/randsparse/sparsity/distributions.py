@@ -62,6 +62,12 @@ def distribution_options(name: str) -> list[str]:
     return [p for p in params if p not in ("shapes", "density")]
 
 
+def required_options(name: str) -> list[str]:
+    """Options the rule `name` cannot do without (those with no default)."""
+    params = inspect.signature(get_distribution(name)).parameters
+    return [p for p in distribution_options(name) if params[p].default is inspect.Parameter.empty]
+
+
 def layer_densities(
     shapes: Mapping[str, Shape], density: float, distribution: str = "erk", **options: Any
 ) -> dict[str, float]:
@@ -84,6 +90,9 @@ def layer_densities(
             f"option(s) {', '.join(unknown)} do not apply to distribution {distribution!r}"
             f" (it takes: {', '.join(accepted) or 'no options'})"
         )
+    missing = [name for name in required_options(distribution) if name not in options]
+    if missing:
+        raise ConfigError(f"distribution {distribution!r} needs option(s) {', '.join(missing)}")
     result = rule(dict(shapes), density, **options)
     _check_contract(distribution, shapes, density, result)
     return result
@@ -154,6 +163,11 @@ def uniform_plus(
     sizes = _sizes(shapes)
     total = math.fsum(sizes.values())
     budget = density * total
+    if first == last and len(names) > 1:
+        raise ConfigError(
+            f"uniform_plus gives the first layer and the last layer different roles, but both are"
+            f" {first!r}; name two different layers with first_layer and last_layer"
+        )
     if first == last:
         if density < 1.0:
             raise InfeasibleBudgetError(
