@@ -48,31 +48,56 @@ def seed_from(seed: int | torch.Generator) -> int:
     return seed
 
 
+# Elements per block when drawing: bounds the temporary memory of a draw to a few MiB per layer.
+_BLOCK = 1 << 20
+
+
 def _draw_exact(rng: np.random.Generator, size: int, keep: int) -> np.ndarray:
     """Uniformly random boolean vector with exactly `keep` True entries.
 
     Draw i.i.d. Bernoulli(keep/size), then drop (or add) the surplus at random among the set
     (unset) positions. Every step treats positions symmetrically, so the result is uniform over
-    all subsets of size `keep`; it costs O(size) with small constants, unlike a full permutation.
+    all subsets of size `keep`; it costs O(size) with small constants, unlike a full permutation,
+    and beyond the mask itself only O(block + surplus) memory.
     """
     if keep == 0:
         return np.zeros(size, dtype=bool)
     if keep == size:
         return np.ones(size, dtype=bool)
-    mask = rng.random(size, dtype=np.float32) < (keep / size)
+    mask = _draw_bernoulli(rng, size, keep / size)
     surplus = int(np.count_nonzero(mask)) - keep
-    if surplus > 0:
-        on = np.flatnonzero(mask)
-        mask[on[rng.choice(on.size, size=surplus, replace=False)]] = False
-    elif surplus < 0:
-        off = np.flatnonzero(~mask)
-        mask[off[rng.choice(off.size, size=-surplus, replace=False)]] = True
+    if surplus != 0:
+        flip_value = surplus > 0  # drop set positions, or set dropped ones
+        candidates = keep + surplus if flip_value else size - keep - surplus
+        ranks = np.sort(rng.choice(candidates, size=abs(surplus), replace=False))
+        mask[_positions_of_ranks(mask, flip_value, ranks)] = not flip_value
     return mask
+
+
+def _positions_of_ranks(mask: np.ndarray, value: bool, ranks: np.ndarray) -> np.ndarray:
+    """Positions of the `ranks`-th (sorted, 0-based) entries of `mask` equal to `value`, block by block."""
+    positions = []
+    seen = 0
+    cursor = 0
+    for start in range(0, mask.size, _BLOCK):
+        block = mask[start : start + _BLOCK]
+        count = int(np.count_nonzero(block)) if value else block.size - int(np.count_nonzero(block))
+        end = int(np.searchsorted(ranks, seen + count, side="left"))
+        if end > cursor:
+            local = np.flatnonzero(block) if value else np.flatnonzero(~block)
+            positions.append(start + local[ranks[cursor:end] - seen])
+            cursor = end
+        seen += count
+    return np.concatenate(positions)
 
 
 def _draw_bernoulli(rng: np.random.Generator, size: int, density: float) -> np.ndarray:
     """Per-element Bernoulli(density) draw, as the paper's code does (count is random)."""
-    return rng.random(size) < density
+    mask = np.empty(size, dtype=bool)
+    for start in range(0, size, _BLOCK):
+        stop = min(size, start + _BLOCK)
+        np.less(rng.random(stop - start, dtype=np.float32), density, out=mask[start:stop])
+    return mask
 
 
 @dataclass(frozen=True)
@@ -276,7 +301,8 @@ def load_masks(path: str | Path) -> tuple[MaskSet, dict[str, Any]]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise FileFormatError(f"cannot read mask file {str(path)!r}: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0] if str(exc).strip() else f"{type(exc).__name__} (empty or truncated file)"
+        raise FileFormatError(f"cannot read mask file {str(path)!r}: {reason}") from None
     if not isinstance(content, dict) or _FILE_KEY not in content:
         raise FileFormatError(f"{str(path)!r} is not a randsparse mask file")
     try:
