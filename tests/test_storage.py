@@ -1,0 +1,39 @@
+"""Atomic writes: a reader sees the old file or the new one, never a torn one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from randsparse.storage import atomic_torch_save, atomic_write_bytes
+
+
+def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path) -> None:
+    target = tmp_path / "deep" / "file.bin"
+    atomic_write_bytes(target, b"first")
+    atomic_write_bytes(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["file.bin"]
+
+
+def test_a_failed_torch_save_leaves_the_old_file_intact(tmp_path) -> None:
+    target = tmp_path / "state.pt"
+    atomic_torch_save({"x": torch.ones(2)}, target)
+    with pytest.raises(Exception):  # noqa: B017  (whatever pickling raises)
+        atomic_torch_save({"x": lambda: None}, target)
+    assert torch.equal(torch.load(target)["x"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch) -> None:
+    target = tmp_path / "state.bin"
+    atomic_write_bytes(target, b"old")
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("randsparse.storage.os.replace", fail)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
