@@ -1,23 +1,16 @@
-"""The `randsparse` command line: parsing and printing only; the work is in the library.
-
-Errors a user can cause end as one line on stderr and exit code 2; bugs keep their traceback.
-"""
+"""`randsparse plan`: per-layer densities and the random mask of a model, without training."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from randsparse import __version__
-from randsparse.errors import ConfigError, RandsparseError
-from randsparse.models import available_models, build
+from randsparse.cli.common import add_model_args, build_model_from_args, fraction
+from randsparse.errors import ConfigError
 from randsparse.sparsity import (
     PrunableSelector,
     SparsityPlan,
@@ -29,41 +22,17 @@ from randsparse.sparsity import (
 from randsparse.sparsity.masks import SAMPLING_MODES, load_masks, save_masks
 from randsparse.sparsity.plan import plan_from_masks
 
-EXIT_USAGE = 2
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (and exit code 2) instead of usage plus error."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _fraction(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", required=True, help=f"model name; one of: {', '.join(available_models())}")
-    group.add_argument("--width", type=float, help="width multiplier (models that have one)")
-    group.add_argument("--depth", type=int, help="depth (models with a depth knob, e.g. cifar_resnet)")
-    group.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
-    group.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
-
-
-def _add_plan_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Add `plan` to the subcommands."""
     parser = commands.add_parser(
         "plan",
         help="per-layer densities and random mask of a model, without training",
         description="Print the per-layer sparsity plan (name, shape, params, density, kept) of a model.",
     )
-    _add_model_args(parser)
+    add_model_args(parser)
     rule = parser.add_argument_group("sparsity")
-    rule.add_argument("--sparsity", type=_fraction, help="global fraction of prunable weights zeroed, in [0, 1)")
+    rule.add_argument("--sparsity", type=fraction, help="global fraction of prunable weights zeroed, in [0, 1)")
     rule.add_argument(
         "--distribution",
         default="erk",
@@ -83,15 +52,6 @@ def _add_plan_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_plan)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = _Parser(prog="randsparse", description="Sparse training from scratch with random pruning.")
-    parser.add_argument("--version", action="version", version=f"randsparse {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
-    _add_plan_parser(commands)
-    return parser
-
-
 def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.erk_power_scale is not None:
@@ -105,19 +65,9 @@ def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _build_model(args: argparse.Namespace) -> torch.nn.Module:
-    options: dict[str, Any] = {}
-    if args.width is not None:
-        options["width"] = args.width
-    if args.depth is not None:
-        options["depth"] = args.depth
-    # Plans need shapes only: build on the meta device, so even huge models cost no memory.
-    with torch.device("meta"):
-        return build(args.model, num_classes=args.num_classes, in_channels=args.in_channels, **options)
-
-
 def _run_plan(args: argparse.Namespace, console: Console) -> int:
-    model = _build_model(args)
+    # Plans need shapes only: build on the meta device, so even huge models cost no memory.
+    model = build_model_from_args(args, device="meta")
     if args.masks is not None:
         if args.save_masks is not None or args.sparsity is not None:
             raise ConfigError("--masks describes a saved mask file; --sparsity and --save-masks do not apply")
@@ -167,22 +117,3 @@ def _plan_table(model: str, plan: SparsityPlan) -> Table:
         shape = "×".join(str(d) for d in layer.shape)
         table.add_row(layer.name, shape, f"{layer.params:,}", f"{layer.density:.4f}", f"{layer.kept:,}")
     return table
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    console = Console(width=None if sys.stdout.isatty() else 120)
-    try:
-        return int(args.handler(args, console))
-    except RandsparseError as exc:
-        print(f"randsparse {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly, as Unix tools do
-        sys.stderr.close()
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The `randsparse` command line: parsing and printing only; the work is in the library.
+
+Each subcommand lives in its own module of this package with an ``add_parser(commands)`` function;
+`SUBCOMMANDS` lists them in the order `--help` shows. Errors a user can cause end as one line on
+stderr and exit code 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from rich.console import Console
+
+from randsparse import __version__
+from randsparse.errors import RandsparseError
+
+EXIT_USAGE = 2
+
+# Modules of this package that each add one subcommand.
+SUBCOMMANDS: tuple[str, ...] = ("plan",)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (and exit code 2) instead of usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = Parser(prog="randsparse", description="Sparse training from scratch with random pruning.")
+    parser.add_argument("--version", action="version", version=f"randsparse {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"randsparse.cli.{name}").add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    try:
+        return int(args.handler(args, console))
+    except RandsparseError as exc:
+        print(f"randsparse {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly, as Unix tools do
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Argument helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from randsparse.models import available_models, build
+
+
+def fraction(text: str) -> float:
+    """argparse type: a float, with a one-line message when it is not one."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--model, --width, --depth, --num-classes, --in-channels."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", required=True, help=f"model name; one of: {', '.join(available_models())}")
+    group.add_argument("--width", type=float, help="width multiplier (models that have one)")
+    group.add_argument("--depth", type=int, help="depth (models with a depth knob, e.g. cifar_resnet)")
+    group.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
+    group.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
+
+
+def build_model_from_args(args: argparse.Namespace, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model named by `add_model_args`' flags, built on `device` (``"meta"`` for shapes only)."""
+    options: dict[str, Any] = {}
+    if args.width is not None:
+        options["width"] = args.width
+    if args.depth is not None:
+        options["depth"] = args.depth
+    with torch.device(device):
+        return build(args.model, num_classes=args.num_classes, in_channels=args.in_channels, **options)
