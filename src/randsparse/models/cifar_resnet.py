@@ -6,15 +6,11 @@ BN (option B), as in the random-pruning paper's code.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
 from randsparse.errors import ConfigError
-from randsparse.models.registry import register_model
-
-InitMode = Literal["fan_in", "fan_out"]
+from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model, scaled_channels
 
 
 class BasicBlock(nn.Module):
@@ -50,11 +46,8 @@ class CifarResNet(nn.Module):
         init_mode: InitMode = "fan_in",
     ) -> None:
         super().__init__()
-        if width <= 0:
-            raise ConfigError(f"width must be positive, got {width!r}")
-        if init_mode not in ("fan_in", "fan_out"):
-            raise ConfigError(f"init_mode must be 'fan_in' or 'fan_out', got {init_mode!r}")
-        planes = [max(1, round(base * width)) for base in (16, 32, 64)]
+        check_init_mode(init_mode)
+        planes = [scaled_channels(base, width) for base in (16, 32, 64)]
         self.conv1 = nn.Conv2d(in_channels, planes[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes[0])
         stages = []
@@ -69,12 +62,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(planes[2], num_classes)
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight, mode=init_mode, nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        kaiming_init_(self, init_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))

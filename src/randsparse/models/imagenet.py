@@ -1,4 +1,10 @@
-"""torchvision's ImageNet ResNets, freshly initialised (weights are never downloaded)."""
+"""torchvision's ImageNet ResNets, freshly initialised (weights are never downloaded).
+
+They keep torchvision's architecture; `in_channels` replaces the stem conv, `num_classes` the
+classifier, and every conv and the classifier are re-initialised Kaiming-normal with `init_mode`
+(default "fan_out", torchvision's own choice for its convs). No width multiplier: the Wide ResNets
+are registered under their own names.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from collections.abc import Callable
 from torch import nn
 from torchvision import models as tv
 
-from randsparse.models.registry import register_model
+from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model
 
 _TORCHVISION_RESNETS: dict[str, Callable[..., tv.ResNet]] = {
     "resnet18": tv.resnet18,
@@ -21,13 +27,12 @@ _TORCHVISION_RESNETS: dict[str, Callable[..., tv.ResNet]] = {
 
 
 def _register(name: str, factory: Callable[..., tv.ResNet]) -> None:
-    def builder(num_classes: int = 1000, in_channels: int = 3) -> tv.ResNet:
+    def builder(num_classes: int = 1000, in_channels: int = 3, init_mode: InitMode = "fan_out") -> tv.ResNet:
+        check_init_mode(init_mode)
         model = factory(weights=None, num_classes=num_classes)
         if in_channels != 3:
-            stem = nn.Conv2d(in_channels, model.conv1.out_channels, 7, stride=2, padding=3, bias=False)
-            nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
-            model.conv1 = stem
-        return model
+            model.conv1 = nn.Conv2d(in_channels, model.conv1.out_channels, 7, stride=2, padding=3, bias=False)
+        return kaiming_init_(model, init_mode)
 
     builder.__name__ = name
     builder.__doc__ = f"torchvision {name} for ImageNet-sized inputs, random initialisation."

@@ -1,0 +1,107 @@
+"""Wide ResNets for CIFAR (Zagoruyko & Komodakis, 2016): WRN-d-k with pre-activation blocks.
+
+Depth d = 6n+4 gives three stages of n blocks with 16k, 32k and 64k channels after a 16-channel
+stem. `wrn` is the builder with knobs (`depth`, the widening factor `width` = k, `dropout`); the
+named variants `wrn16_8`, `wrn22_2`, `wrn28_10`, `wrn40_2` are fixed architectures, so their
+names never lie about what they build.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from randsparse.errors import ConfigError
+from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model, scaled_channels
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3, BN-ReLU-(dropout)-conv3x3, plus a shortcut.
+
+    Where the block changes shape, the shortcut is a 1x1 conv applied to the pre-activated input
+    (as in the WRN reference code); elsewhere it is the identity on the raw input.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut: nn.Conv2d | None = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu(self.bn1(x))
+        out = self.conv1(pre)
+        out = self.conv2(self.dropout(torch.relu(self.bn2(out))))
+        return out + (x if self.shortcut is None else self.shortcut(pre))
+
+
+class WideResNet(nn.Module):
+    """WRN for 32x32 (or 28x28) inputs: stem, three stages of pre-activation blocks, BN-ReLU, pool, Linear."""
+
+    def __init__(
+        self,
+        blocks_per_stage: int,
+        width: float = 1.0,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        init_mode: InitMode = "fan_in",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_init_mode(init_mode)
+        planes = [scaled_channels(base, width) for base in (16, 32, 64)]
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
+        stages = []
+        in_planes = 16
+        for index, out_planes in enumerate(planes):
+            blocks = []
+            for block in range(blocks_per_stage):
+                stride = 2 if index > 0 and block == 0 else 1
+                blocks.append(PreActBlock(in_planes, out_planes, stride, dropout))
+                in_planes = out_planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+        kaiming_init_(self, init_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer3(self.layer2(self.layer1(self.conv1(x))))
+        out = torch.relu(self.bn(out))
+        return self.fc(torch.flatten(self.pool(out), 1))
+
+
+@register_model("wrn")
+def wrn(
+    depth: int = 28,
+    width: float = 10.0,
+    dropout: float = 0.0,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    init_mode: InitMode = "fan_in",
+) -> WideResNet:
+    """WRN-`depth`-`width`: any depth 6n+4 (n >= 1), widening factor `width` (k), optional dropout."""
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 10 or (depth - 4) % 6:
+        raise ConfigError(f"Wide ResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"dropout must be a probability in [0, 1) (e.g. 0.3), got {dropout!r}")
+    return WideResNet((depth - 4) // 6, width, num_classes, in_channels, init_mode, float(dropout))
+
+
+def _fixed(depth: int, k: int) -> None:
+    def builder(num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_in") -> WideResNet:
+        return wrn(depth, k, 0.0, num_classes, in_channels, init_mode)
+
+    builder.__name__ = f"wrn{depth}_{k}"
+    builder.__doc__ = f"WRN-{depth}-{k} ({(depth - 4) // 6} pre-activation blocks per stage); use `wrn` to vary it."
+    register_model(f"wrn{depth}_{k}")(builder)
+
+
+for _depth, _k in ((16, 8), (22, 2), (28, 10), (40, 2)):
+    _fixed(_depth, _k)
