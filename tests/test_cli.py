@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -43,7 +44,8 @@ def assert_one_line_error(code: int, out: str, err: str) -> str:
 
 def test_plan_json_has_model_rule_layers_and_totals(capsys) -> None:
     data = plan_json(["--model", "resnet20", "--sparsity", "0.95", "--distribution", "erk"], capsys)
-    assert set(data) == {"model", "sparsity", "distribution", "layers", "total"}
+    assert set(data) == {"model", "sparsity", "distribution", "mask_mode", "layers", "total"}
+    assert data["mask_mode"] == "random"
     assert data["model"] == "resnet20"
     assert data["sparsity"] == 0.95
     assert data["distribution"] == "erk"
@@ -276,3 +278,92 @@ def test_python_dash_m_entry_point_prints_one_error_line_and_exits_2(tmp_path: P
     assert proc.stderr.count("\n") == 1 and proc.stderr.endswith("\n"), proc.stderr
     assert proc.stderr.startswith("randsparse plan: error: sparsity must lie in [0, 1)")
     assert proc.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Saliency: *_ratio distributions, --prune (mask mode), --data, --allow-collapse
+
+_SMALL = ["--model", "small_cnn", "--width", "0.25"]
+
+
+def test_plan_magnitude_ratio_meets_the_budget_and_is_reproducible(capsys) -> None:
+    argv = [*_SMALL, "--sparsity", "0.9", "--distribution", "magnitude_ratio"]
+    data = plan_json(argv, capsys)
+    assert data["distribution"] == "magnitude_ratio" and data["mask_mode"] == "random"
+    assert abs(data["total"]["kept"] - 0.1 * data["total"]["params"]) <= 1
+    assert len({round(x["density"], 6) for x in data["layers"]}) > 1  # not uniform: the scores decide
+    assert plan_json(argv, capsys) == data
+
+
+def test_plan_prune_keeps_the_top_scores_with_the_ratio_modes_counts(capsys, tmp_path: Path) -> None:
+    ratio = plan_json([*_SMALL, "--sparsity", "0.9", "--distribution", "magnitude_ratio"], capsys)
+    path = tmp_path / "pruned.pt"
+    pruned = plan_json([*_SMALL, "--sparsity", "0.9", "--prune", "magnitude", "--save-masks", str(path)], capsys)
+    assert pruned["distribution"] == "magnitude_ratio" and pruned["mask_mode"] == "scores"
+    assert [x["kept"] for x in pruned["layers"]] == [x["kept"] for x in ratio["layers"]]
+    described = plan_json([*_SMALL, "--masks", str(path)], capsys)
+    assert described["mask_mode"] == "scores"
+    assert [x["kept"] for x in described["layers"]] == [x["kept"] for x in pruned["layers"]]
+
+
+def test_plan_table_says_when_the_mask_is_the_top_scores(capsys) -> None:
+    code, out, err = run(["plan", *_SMALL, "--sparsity", "0.9", "--prune", "magnitude"], capsys)
+    assert code == 0, err
+    assert "magnitude_ratio, mask: top scores" in " ".join(out.split())  # the title may wrap
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--distribution", "snip_ratio", "--score-batches", "2", "--batch-size", "16"],
+        ["--prune", "grasp", "--batch-size", "64"],
+    ],
+    ids=["snip_ratio", "prune_grasp"],
+)
+def test_plan_scores_on_data_taking_classes_and_channels_from_the_dataset(flags: list[str], capsys) -> None:
+    data = plan_json([*_SMALL, "--sparsity", "0.8", "--data", "synthetic", *flags], capsys)
+    assert data["layers"][0]["shape"][1] == 1  # synthetic images have one channel
+    assert data["layers"][-1]["shape"][0] == 10  # and ten classes
+    assert abs(data["total"]["kept"] - 0.2 * data["total"]["params"]) <= 1
+
+
+def test_plan_synflow_ratio_needs_only_the_input_size(capsys) -> None:
+    data = plan_json([*_SMALL, "--sparsity", "0.9", "--distribution", "synflow_ratio", "--input-size", "8"], capsys)
+    assert abs(data["total"]["kept"] - 0.1 * data["total"]["params"]) <= 1
+
+
+def test_plan_allow_collapse_lets_layers_empty_and_warns_naming_them(capsys, caplog) -> None:
+    argv = ["plan", *_SMALL, "--sparsity", "0.999", "--distribution", "magnitude_ratio", "--format", "json"]
+    err = assert_one_line_error(*run(argv, capsys))
+    assert "--allow-collapse" in err
+    with caplog.at_level(logging.WARNING):
+        code, out, _ = run([*argv, "--allow-collapse"], capsys)
+    assert code == 0
+    layers = json.loads(out)["layers"]
+    empty = [x["name"] for x in layers if x["kept"] == 0]
+    assert empty and "disconnected" in caplog.text and all(name in caplog.text for name in empty)
+
+
+SCORE_BAD_INPUTS = {
+    "snip_without_data": (["--distribution", "snip_ratio"], "--data"),
+    "prune_with_another_distribution": (["--prune", "snip", "--distribution", "erk"], "--distribution erk"),
+    "score_batches_with_erk": (["--score-batches", "2"], "--score-batches"),
+    "allow_collapse_with_erk": (["--allow-collapse"], "--allow-collapse"),
+    "score_batches_with_grasp": (["--prune", "grasp", "--data", "synthetic", "--score-batches", "2"], "grasp"),
+    "synflow_without_input_shape": (["--distribution", "synflow_ratio"], "input shape"),
+    "num_classes_against_the_data": (["--data", "synthetic", "--num-classes", "100"], "--num-classes 100"),
+    "unknown_dataset": (["--data", "nodata", "--distribution", "snip_ratio"], "nodata"),
+    "unknown_prune_method": (["--prune", "random"], "random"),
+    "prune_with_bernoulli": (["--prune", "magnitude", "--sampling", "bernoulli"], "exact"),
+    "input_size_and_data": (
+        ["--distribution", "synflow_ratio", "--data", "synthetic", "--input-size", "8"],
+        "--input-size",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SCORE_BAD_INPUTS))
+def test_bad_score_flags_exit_2_with_one_line_on_stderr(case: str, capsys) -> None:
+    flags, mentioned = SCORE_BAD_INPUTS[case]
+    err = assert_one_line_error(*run(["plan", *_SMALL, "--sparsity", "0.9", *flags], capsys))
+    assert mentioned in err

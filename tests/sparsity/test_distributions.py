@@ -187,8 +187,10 @@ def test_erk_makes_overflowing_layers_dense_on_resnet20(resnet20_shapes: Shapes)
 # Properties of every rule.
 
 
-def test_registry_lists_the_six_rules() -> None:
-    assert {"uniform", "uniform_plus", "er", "erk", "erk_plus", "custom"} <= set(available_distributions())
+def test_registry_lists_the_shape_rules_and_the_score_ratio_rules() -> None:
+    shape_rules = {"uniform", "uniform_plus", "er", "erk", "erk_plus", "custom"}
+    score_rules = {"snip_ratio", "grasp_ratio", "synflow_ratio", "magnitude_ratio"}
+    assert shape_rules | score_rules <= set(available_distributions())
     assert available_distributions() == sorted(available_distributions())
 
 

@@ -1,4 +1,4 @@
-"""The sparsity core: prunable layers, layer-wise density rules, random masks, fixed-mask training."""
+"""The sparsity core: prunable layers, layer-wise density rules, saliency scores, masks, fixed-mask training."""
 
 from randsparse.sparsity.distributions import (
     available_distributions,
@@ -10,6 +10,8 @@ from randsparse.sparsity.enforce import FixedMask, attach, masks_from_model
 from randsparse.sparsity.layers import PrunableSelector, prunable_parameters, prunable_shapes
 from randsparse.sparsity.masks import LayerSummary, MaskSet
 from randsparse.sparsity.plan import SparsityPlan, plan_sparsity, sparsity_to_density
+from randsparse.sparsity.saliency import available_scorers, compute_scores, register_scorer
+from randsparse.sparsity.selection import masks_from_scores, score_densities
 
 __all__ = [
     "FixedMask",
@@ -19,12 +21,17 @@ __all__ = [
     "SparsityPlan",
     "attach",
     "available_distributions",
+    "available_scorers",
+    "compute_scores",
     "layer_densities",
     "load_custom_densities",
     "masks_from_model",
+    "masks_from_scores",
     "plan_sparsity",
     "prunable_parameters",
     "prunable_shapes",
     "register_distribution",
+    "register_scorer",
+    "score_densities",
     "sparsity_to_density",
 ]

@@ -1,9 +1,10 @@
-"""From a model and a global sparsity to per-layer densities and a drawn random mask."""
+"""From a model and a global sparsity to per-layer densities and a mask: drawn at random, or top-scored."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -11,7 +12,12 @@ from torch import nn
 from randsparse.errors import ConfigError
 from randsparse.sparsity.distributions import layer_densities
 from randsparse.sparsity.layers import PrunableSelector, prunable_shapes
-from randsparse.sparsity.masks import MaskSet, Sampling
+from randsparse.sparsity.masks import MaskSet, Sampling, seed_from
+from randsparse.sparsity.saliency import compute_scores, ratio_method, scorer_options
+from randsparse.sparsity.selection import top_score_masks
+
+MaskMode = Literal["random", "scores"]
+MASK_MODES: tuple[str, ...] = ("random", "scores")
 
 
 @dataclass(frozen=True)
@@ -27,12 +33,17 @@ class LayerPlan:
 
 @dataclass(frozen=True)
 class SparsityPlan:
-    """Per-layer densities of a rule together with the random masks drawn from them."""
+    """Per-layer densities of a rule together with the masks made from them.
+
+    `mask_mode` is ``"random"`` when the masks were drawn at random at those densities, and
+    ``"scores"`` when they keep the top-scored weights (mask mode of a ``*_ratio`` distribution).
+    """
 
     sparsity: float
     distribution: str
     layers: list[LayerPlan]
     masks: MaskSet
+    mask_mode: str = "random"
 
     @property
     def params(self) -> int:
@@ -54,6 +65,7 @@ class SparsityPlan:
         return {
             "sparsity": self.sparsity,
             "distribution": self.distribution,
+            "mask_mode": self.mask_mode,
             "layers": [
                 {
                     "name": x.name,
@@ -82,25 +94,74 @@ def plan_sparsity(
     seed: int | torch.Generator = 0,
     sampling: Sampling = "exact",
     selector: PrunableSelector | None = None,
+    *,
+    mask_mode: MaskMode = "random",
+    scores: Mapping[str, torch.Tensor] | None = None,
+    data: Any = None,
+    input_shape: Sequence[int] | None = None,
+    score_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> SparsityPlan:
-    """Densities of `distribution` at `sparsity` for `model`'s prunable layers, and masks drawn.
+    """Densities of `distribution` at `sparsity` for `model`'s prunable layers, and their masks.
 
-    Works on shapes only, so `model` may live on the ``meta`` device.
+    Shape-only rules (``erk``, ...) work on shapes, so `model` may live on the ``meta`` device;
+    they ignore `data` and `input_shape`, so a caller may offer those whatever the rule. A
+    score-ratio rule (``snip_ratio``, ``grasp_ratio``, ``synflow_ratio``, ``magnitude_ratio``)
+    uses `scores` if given, else computes them on (a copy of) `model` with `data`, `input_shape`
+    and `score_options` (see `compute_scores`; SynFlow gets the target density; a dataset is
+    sampled with `seed`). Its masks are drawn at random at the scores' layer densities
+    (`mask_mode="random"`, ratio mode) or keep the top-scored weights (``"scores"``, mask mode:
+    the pruning-at-initialization baseline). `options` go to the rule (for score rules: the
+    collapse guard, ``allow_collapse``, ``min_weights_per_output``, ``min_density``).
     """
     density = sparsity_to_density(sparsity)
+    if mask_mode not in MASK_MODES:
+        raise ConfigError(f"unknown mask mode {mask_mode!r}; known: {', '.join(MASK_MODES)}")
     shapes = prunable_shapes(model, selector)
-    densities = layer_densities(shapes, density, distribution, **options)
-    masks = MaskSet.random(shapes, densities, seed, sampling)
-    return plan_from_masks(masks, sparsity, distribution, densities)
+    method = ratio_method(distribution)
+    if method is None:
+        asked = [f"mask mode {mask_mode!r}"] if mask_mode != "random" else []
+        asked += [name for name, value in (("scores", scores), ("score_options", score_options)) if value]
+        if asked:
+            raise ConfigError(
+                f"{', '.join(asked)} only apply to score-ratio distributions (snip_ratio, grasp_ratio,"
+                f" synflow_ratio, magnitude_ratio), not to {distribution!r}"
+            )
+        densities = layer_densities(shapes, density, distribution, **options)
+        masks = MaskSet.random(shapes, densities, seed, sampling)
+        return plan_from_masks(masks, sparsity, distribution, densities)
+    base = seed_from(seed)
+    if scores is None:
+        extra = dict(score_options or {})
+        if "density" in scorer_options(method):
+            extra.setdefault("density", density)
+        scores = compute_scores(method, model, data, input_shape=input_shape, selector=selector, seed=base, **extra)
+    else:
+        unused = [n for n, v in (("data", data), ("input_shape", input_shape)) if v is not None]
+        unused += ["score_options"] if score_options else []
+        if unused:
+            raise ConfigError(f"scores are given, so {', '.join(unused)} do not apply")
+    densities = layer_densities(shapes, density, distribution, scores=scores, **options)
+    if mask_mode == "scores":
+        if sampling != "exact":
+            raise ConfigError("mask mode keeps the top-scored weights, an exact count; sampling must be 'exact'")
+        masks = top_score_masks(scores, densities)
+    else:
+        masks = MaskSet.random(shapes, densities, base, sampling)
+    return plan_from_masks(masks, sparsity, distribution, densities, mask_mode=mask_mode)
 
 
 def plan_from_masks(
-    masks: MaskSet, sparsity: float, distribution: str, densities: dict[str, float] | None = None
+    masks: MaskSet,
+    sparsity: float,
+    distribution: str,
+    densities: dict[str, float] | None = None,
+    *,
+    mask_mode: str = "random",
 ) -> SparsityPlan:
     """A plan describing existing `masks`; without `densities`, each layer's realised density."""
     layers = [
         LayerPlan(s.name, s.shape, s.params, densities[s.name] if densities else s.density, s.kept)
         for s in masks.summary()
     ]
-    return SparsityPlan(sparsity, distribution, layers, masks)
+    return SparsityPlan(sparsity, distribution, layers, masks, mask_mode)
