@@ -38,3 +38,7 @@ class MaskMismatchError(RandsparseError, ValueError):
 
 class FileFormatError(RandsparseError, ValueError):
     """A file randsparse should read is missing, unreadable, or not in the expected format."""
+
+
+class DatasetNotFoundError(RandsparseError, FileNotFoundError):
+    """A dataset's files are in none of the places looked; the message lists them and how to get the data."""

@@ -21,7 +21,7 @@ from randsparse.errors import RandsparseError
 EXIT_USAGE = 2
 
 # Modules of this package that each add one subcommand.
-SUBCOMMANDS: tuple[str, ...] = ("plan",)
+SUBCOMMANDS: tuple[str, ...] = ("plan", "data")
 
 
 class Parser(argparse.ArgumentParser):

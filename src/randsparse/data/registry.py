@@ -1,0 +1,211 @@
+"""The dataset registry: what each dataset is (`DatasetInfo`), how to read it (`Recipe`), where it lives.
+
+A dataset is registered by decorating a *factory*: a function of the dataset's options (keyword
+arguments with defaults) returning a `Recipe`. Facts that do not depend on the options (the folder
+names it is stored under, the files that must be there, the Debian package and the torchvision
+downloader that provide it) go to the decorator, so `locate` can look for a dataset without
+knowing any option.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from randsparse.errors import ConfigError, UnknownNameError
+
+Origin = Literal["files", "bundled", "generated"]
+SourceSplit = Literal["train", "test"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the items of a dataset look like once `build` returns them.
+
+    `image_size` is H == W of the returned images; `mean`/`std` (one value per channel, on pixels
+    scaled to [0, 1]) are the normalisation `build(normalize=True)` applies. `train_size` and
+    `test_size` count the official training set (before the validation split is carved from it)
+    and the test set, when known without reading the files.
+    """
+
+    name: str
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_size: int | None = None
+    test_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ConfigError(
+                f"dataset {self.name!r}: mean {self.mean} and std {self.std} need one value per channel"
+                f" ({self.channels})"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"dataset {self.name!r}: std must be positive, got {self.std}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one item."""
+        return (self.channels, self.image_size, self.image_size)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The random training-time transforms of a dataset (applied when `build(augment=True)`).
+
+    In-memory sets: a random crop of the image padded by `crop_padding` pixels on each side
+    (`padding_mode` "zeros" or "reflect") and a horizontal flip with probability 1/2 if `hflip`.
+    Image-folder sets always take a random resized crop when augmenting, plus the flip if `hflip`.
+    """
+
+    crop_padding: int = 0
+    padding_mode: Literal["zeros", "reflect"] = "zeros"
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
+            raise ConfigError(f"crop_padding must be a non-negative integer, got {self.crop_padding!r}")
+        if self.padding_mode not in ("zeros", "reflect"):
+            raise ConfigError(f"padding_mode must be 'zeros' or 'reflect', got {self.padding_mode!r}")
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the augmentation changes nothing (no crop, no flip)."""
+        return self.crop_padding == 0 and not self.hflip
+
+
+@dataclass(frozen=True)
+class ImageTensor:
+    """A split held in memory: `images` uint8 N×C×H×W, `labels` int64 N."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """A split kept on disk: one image file per example, decoded when the item is read."""
+
+    paths: tuple[str, ...]
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+
+
+ImageData = ImageTensor | ImageFiles
+Reader = Callable[[Path | None, SourceSplit], ImageData]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A dataset with its options fixed: its info, how to read a split, how to augment it.
+
+    `read(directory, split)` gets the dataset's located directory (None for bundled or generated
+    sets) and "train" or "test". `resize` is for image-folder sets: the shorter side an evaluation
+    image is resized to before the centre crop of `info.image_size`.
+    """
+
+    info: DatasetInfo
+    read: Reader
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    resize: int | None = None
+
+
+Factory = Callable[..., Recipe]
+Downloader = Callable[[Path], None]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registered dataset: its factory and the option-independent facts about where it lives."""
+
+    name: str
+    factory: Factory
+    origin: Origin
+    dirnames: tuple[str, ...]
+    files: tuple[tuple[str, ...], ...]
+    package: str | None
+    download: Downloader | None
+    how_to_get: str
+    bundled_path: Callable[[], Path] | None = None
+
+    @property
+    def description(self) -> str:
+        """First line of the factory's docstring."""
+        doc = inspect.getdoc(self.factory) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    @property
+    def options(self) -> list[str]:
+        """Names of the options the factory takes (`directory` and `like` are filled in by `build`)."""
+        return [p for p in inspect.signature(self.factory).parameters if p not in ("directory", "like")]
+
+    def takes(self, parameter: str) -> bool:
+        """Whether the factory has a parameter of that name."""
+        return parameter in inspect.signature(self.factory).parameters
+
+    def recipe(self, **options: Any) -> Recipe:
+        """Call the factory, turning an option it does not take into a `ConfigError` naming those it does."""
+        unknown = sorted(set(options) - set(inspect.signature(self.factory).parameters))
+        if unknown:
+            raise ConfigError(
+                f"dataset {self.name!r} does not take option(s) {', '.join(unknown)}"
+                f" (it takes: {', '.join(self.options) or 'no options'})"
+            )
+        return self.factory(**options)
+
+
+_ENTRIES: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(
+    name: str,
+    *,
+    origin: Origin = "files",
+    dirnames: tuple[str, ...] = (),
+    files: tuple[str | tuple[str, ...], ...] = (),
+    package: str | None = None,
+    download: Downloader | None = None,
+    how_to_get: str = "",
+    bundled_path: Callable[[], Path] | None = None,
+) -> Callable[[Factory], Factory]:
+    """Decorator adding a dataset factory to the registry under `name`.
+
+    `dirnames`: folder names (relative, may contain '/') the dataset is stored under inside a data
+    directory; `files`: paths that must exist inside the dataset's folder, each given as one name or
+    a tuple of accepted spellings (e.g. with and without '.gz'); `package`: the Debian package that
+    installs it under /usr/share/datasets; `download(base)`: fetches it into `base` so it lands in
+    one of `dirnames`; `how_to_get`: what to tell a user when neither exists; `bundled_path()`: for
+    data shipped inside an installed package, the file it is read from (shown by `data list`).
+    """
+
+    def decorate(factory: Factory) -> Factory:
+        if name in _ENTRIES:
+            raise ValueError(f"dataset {name!r} is already registered")
+        required = tuple((f,) if isinstance(f, str) else tuple(f) for f in files)
+        _ENTRIES[name] = DatasetEntry(
+            name, factory, origin, tuple(dirnames), required, package, download, how_to_get, bundled_path
+        )
+        return factory
+
+    return decorate
+
+
+def available_datasets() -> list[str]:
+    """Names of every registered dataset, sorted."""
+    return sorted(_ENTRIES)
+
+
+def get_entry(name: str) -> DatasetEntry:
+    """The registry entry of `name`; `UnknownNameError` listing the known datasets otherwise."""
+    try:
+        return _ENTRIES[name]
+    except (KeyError, TypeError):
+        raise UnknownNameError("dataset", str(name), list(_ENTRIES)) from None
