@@ -21,7 +21,7 @@ from randsparse.errors import RandsparseError
 EXIT_USAGE = 2
 
 # Modules of this package that each add one subcommand.
-SUBCOMMANDS: tuple[str, ...] = ("plan", "data")
+SUBCOMMANDS: tuple[str, ...] = ("plan", "train", "eval", "study", "report", "data")
 
 
 class Parser(argparse.ArgumentParser):
@@ -44,7 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `key=value` overrides may follow options (`study FILE --out DIR epochs=1`), which argparse
+        # alone does not allow for a positional list; anything else is an unknown argument.
+        if not hasattr(args, "overrides") or any(item.startswith("-") or "=" not in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     console = Console(width=None if sys.stdout.isatty() else 120)
     try:
         return int(args.handler(args, console))

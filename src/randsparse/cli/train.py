@@ -1,0 +1,99 @@
+"""`randsparse train`: one sparse (or dense) run from a YAML config and ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from randsparse.errors import ConfigError
+from randsparse.train import Interrupted, RunDir, TrainConfig, apply_overrides, build_config, config_hash, fit
+from randsparse.train.config import read_yaml
+
+EXIT_DIVERGED = 1
+EXIT_INTERRUPTED = 130
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Add `train` to the subcommands."""
+    parser = commands.add_parser(
+        "train",
+        help="train one sparse (or dense) model from scratch with a fixed random mask",
+        description=(
+            "Train one run. The config is a YAML file (see configs/) plus key=value overrides, e.g."
+            " `randsparse train --config configs/fmnist-quick.yaml sparsity=0.9 sparsity.distribution=erk`."
+        ),
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML run config")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys)")
+    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<data>-<...>-<hash>)")
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    parser.add_argument("--data-dir", metavar="DIR", help="where the dataset files are (sets data.root)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="how to print the summary")
+    parser.set_defaults(handler=_run_train)
+
+
+def _default_out(config: TrainConfig) -> Path:
+    kind = "dense" if config.is_dense else f"s{config.sparsity.sparsity:g}-{config.sparsity.distribution}"
+    width = f"-w{config.model.width:g}" if config.model.width is not None else ""
+    return Path("runs") / f"{config.model.name}{width}-{config.data.name}-{kind}-{config_hash(config)[:8]}"
+
+
+def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path, bool]:
+    overrides = list(args.overrides)
+    if args.data_dir is not None:
+        overrides.append(f"data.root={args.data_dir}")
+    if args.resume is not None:
+        run = RunDir(args.resume)
+        if args.out is not None and Path(args.out) != Path(args.resume):
+            raise ConfigError("--resume continues the run in its own directory; --out does not apply")
+        if not run.config_file.is_file():
+            raise ConfigError(f"nothing to resume in {args.resume!r}: no config.yaml (is it a run directory?)")
+        base = read_yaml(args.config) if args.config else read_yaml(run.config_file)
+        return build_config(apply_overrides(base, overrides), args.config or str(run.config_file)), run.path, True
+    if args.config is None:
+        raise ConfigError("--config FILE is required (or --resume DIR)")
+    config = build_config(apply_overrides(read_yaml(args.config), overrides), args.config)
+    return config, Path(args.out) if args.out else _default_out(config), False
+
+
+def _setup_logging(quiet: bool) -> None:
+    root = logging.getLogger("randsparse")
+    root.handlers.clear()
+    root.addHandler(RichHandler(console=Console(stderr=True), show_path=False, show_time=False))
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+
+
+def _run_train(args: argparse.Namespace, console: Console) -> int:
+    config, out, resume = _resolve(args)
+    _setup_logging(args.quiet)
+    try:
+        summary = fit(config, out, resume=resume, show_progress=not args.quiet and sys.stderr.isatty())
+    except Interrupted as exc:
+        print(f"randsparse train: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if args.format == "json":
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(console, summary, out)
+    return EXIT_DIVERGED if summary.get("status") == "diverged" else 0
+
+
+def _print_summary(console: Console, summary: dict, out: Path) -> None:
+    if summary.get("status") == "diverged":
+        console.print(f"[red]diverged[/red]: {summary.get('error')}; last good checkpoint kept in {out}")
+        return
+    best = summary.get("best_val_accuracy")
+    best_text = f"best val {best:.4f} (epoch {summary.get('best_epoch')}), " if best is not None else ""
+    console.print(
+        f"{summary['model']} on {summary['dataset']}, sparsity {summary['sparsity']:g}"
+        f" (density {summary['density']:.4f}): {best_text}test accuracy {summary['test_accuracy']:.4f}"
+        f" (last model {summary['test_accuracy_last']:.4f}), {summary['train_seconds']:.0f} s -> {out}"
+    )

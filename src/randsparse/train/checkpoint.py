@@ -1,0 +1,125 @@
+"""Checkpoints: everything a run needs to continue exactly, written atomically, read defensively.
+
+A checkpoint holds the model's weights, its masks (bit-packed), the optimizer, scheduler and
+gradient-scaler states, every RNG state, the position in training (epoch, batch within it, global
+step), the per-epoch history and the best validation result so far, and the identity of the config
+that produced it. Loading refuses a file that is not a randsparse checkpoint, is corrupt, or
+belongs to another config, before anything is changed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from randsparse.errors import FileFormatError
+from randsparse.storage import atomic_torch_save
+
+CHECKPOINT_FORMAT = "randsparse.checkpoint/v1"
+
+
+@dataclass
+class Progress:
+    """Where training stands: counts of finished work and the best validation result so far."""
+
+    epoch: int = 0  # epochs fully finished
+    batch_in_epoch: int = 0  # batches of epoch `epoch + 1` already trained (mid-epoch checkpoints)
+    global_step: int = 0
+    train_seconds: float = 0.0
+    best_val_accuracy: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # Running train loss/accuracy sums of a partly trained epoch, so a resumed epoch reports the same.
+    partial: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form for the checkpoint."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Progress:
+        """Inverse of `to_dict`."""
+        return cls(**data)
+
+
+def rng_states() -> dict[str, Any]:
+    """Every global RNG state a run touches, in a form `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
+        "python": _python_state_to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Put back the RNG states recorded by `rng_states`."""
+    torch.set_rng_state(states["torch"])
+    np_state = states["numpy"]
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached"],
+        )
+    )
+    random.setstate(_python_state_from_plain(states["python"]))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _python_state_to_plain(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_state_from_plain(state: list) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (a crash leaves the previous file intact)."""
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, **payload}, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`; anything else is a `FileFormatError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a torn or foreign file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileFormatError(f"checkpoint {str(path)!r} is corrupt or unreadable: {reason}") from None
+    if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
+        raise FileFormatError(f"{str(path)!r} is not a randsparse checkpoint")
+    missing = [k for k in ("config_hash", "model", "progress", "rng") if k not in content]
+    if missing:
+        raise FileFormatError(f"checkpoint {str(path)!r} is incomplete (no {', '.join(missing)})")
+    return content
+
+
+def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """The scheduler's counters only: schedule functions are rebuilt from the config, not pickled."""
+    state = scheduler.state_dict()
+    if "lr_lambdas" in state:
+        state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
+    return state

@@ -1,0 +1,286 @@
+"""The validated configuration of one training run, loaded from YAML plus ``key=value`` overrides.
+
+One definition of every option serves the YAML files, the command line and the run's identity:
+`config_hash` hashes the options that change the result, so the same experiment always gets the
+same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from randsparse.errors import ConfigError
+from randsparse.evaluate.config import EvalConfig
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which architecture to build, and its knobs."""
+
+    name: str = Field(description="registered model name, e.g. small_cnn, resnet20, vgg16, wrn")
+    width: float | None = Field(default=None, gt=0, description="width multiplier (models that have one)")
+    depth: int | None = Field(default=None, ge=1, description="depth (models with a depth knob)")
+    options: dict[str, Any] = Field(default_factory=dict, description="other builder options, e.g. init_mode")
+
+
+class DataConfig(_Section):
+    """Which dataset, where it is, and how it is batched."""
+
+    name: str = Field(description="registered dataset name, e.g. fashion_mnist, cifar10, synthetic")
+    root: str | None = Field(default=None, description="directory holding the files (else the standard lookup)")
+    download: bool = Field(default=False, description="let torchvision download the files when missing")
+    batch_size: int = Field(default=128, ge=1)
+    eval_batch_size: int = Field(default=512, ge=1)
+    workers: int = Field(default=0, ge=0, description="data-loading worker processes")
+    val_fraction: float = Field(default=0.1, ge=0, lt=1, description="part of the training set held out")
+    split_seed: int = Field(default=0, ge=0, description="seed of the train/val split (same for every run)")
+    augment: bool = Field(default=True, description="the dataset's standard training augmentation")
+    subset: int | None = Field(default=None, ge=1, description="keep only this many training examples")
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset options (e.g. synthetic shape)")
+
+
+class SparsityConfig(_Section):
+    """How much to prune at initialisation, and with which layer-wise rule."""
+
+    sparsity: float = Field(default=0.0, ge=0, lt=1, description="fraction of prunable weights zeroed; 0 = dense")
+    distribution: str = Field(default="erk", description="layer-wise rule (uniform, uniform_plus, er, erk, ...)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="rule options, e.g. erk_power_scale, classifier_density"
+    )
+    custom_file: str | None = Field(default=None, description="distribution custom: YAML/JSON of per-layer values")
+    sampling: Literal["exact", "bernoulli"] = "exact"
+    seed: int | None = Field(default=None, ge=0, description="mask seed; default: the run's seed")
+    include: str | None = Field(default=None, description="only prune weights whose name matches this regex")
+    exclude: str | None = Field(default=None, description="never prune weights whose name matches this regex")
+    prune: Literal["snip", "grasp", "synflow", "magnitude"] | None = Field(
+        default=None,
+        description="mask mode: keep the weights this method scores highest (the pruning-at-init baseline)"
+        " instead of a random mask at its ratios",
+    )
+    score_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the saliency score (e.g. num_batches, temperature, rounds)"
+    )
+
+    @model_validator(mode="after")
+    def _prune_sets_the_ratio_rule(self) -> SparsityConfig:
+        """``prune: snip`` draws nothing at random: it is the ``snip_ratio`` rule in mask mode."""
+        if self.prune is not None:
+            rule = f"{self.prune}_ratio"
+            if self.distribution not in ("erk", rule):  # "erk" is the default, not a choice
+                raise ValueError(f"prune={self.prune} uses the {rule} ratios; drop distribution={self.distribution}")
+            if self.distribution != rule:
+                self.distribution = rule
+        return self
+
+
+class OptimConfig(_Section):
+    """Optimizer and loss."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=5e-4, ge=0)
+    no_decay_norm_and_bias: bool = Field(
+        default=False, description="exempt normalisation weights and biases from weight decay"
+    )
+    betas: tuple[float, float] = (0.9, 0.999)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(default=None, gt=0, description="clip the gradient norm to this value")
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimConfig:
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        return self
+
+
+class ScheduleConfig(_Section):
+    """Learning-rate schedule, stepped every batch; epochs may be fractional in milestones."""
+
+    name: Literal["constant", "multistep", "cosine", "onecycle"] = "cosine"
+    milestones: list[float] = Field(default_factory=list, description="multistep: epochs at which lr *= gamma")
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    warmup_epochs: float = Field(default=0.0, ge=0, description="linear warm-up from ~0 to lr")
+    min_lr: float = Field(default=0.0, ge=0, description="cosine: final learning rate")
+    pct_start: float = Field(default=0.3, gt=0, lt=1, description="onecycle: fraction of steps spent rising")
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(value)) or any(m <= 0 for m in value):
+            raise ValueError("milestones must be positive and strictly increasing")
+        return value
+
+
+class TrainConfig(_Section):
+    """Everything that defines one training run."""
+
+    model: ModelConfig
+    data: DataConfig
+    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    epochs: int = Field(default=10, ge=1)
+    seed: int = Field(default=0, ge=0, description="seeds model init, data order and augmentation")
+    device: str = Field(default="auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
+    amp: bool = Field(default=False, description="mixed precision (bfloat16/float16 autocast) on CUDA")
+    deterministic: bool = Field(default=False, description="deterministic algorithms: bit-exact reruns")
+    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="also checkpoint every N steps")
+    tensorboard: bool = Field(default=False, description="also log to TensorBoard (needs the tensorboard package)")
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="evaluation of the best model at the end of training"
+    )
+
+    @field_validator("eval", mode="before")
+    @classmethod
+    def _eval_off(cls, value: Any) -> Any:
+        """``eval: false`` (or null) turns the end-of-training evaluation beyond accuracy off."""
+        if value is False or value is None:
+            return {"calibration": False, "reliability_diagram": False}
+        return value
+
+    @field_validator("sparsity", mode="before")
+    @classmethod
+    def _sparsity_shorthand(cls, value: Any) -> Any:
+        """``sparsity: 0.9`` is short for ``sparsity: {sparsity: 0.9}``."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"sparsity": value}
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value != "auto":
+            try:
+                import torch
+
+                torch.device(value)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"not a device: {value!r} (auto, cpu, cuda, cuda:N, mps)") from None
+        return value
+
+    @property
+    def mask_seed(self) -> int:
+        """Seed of the random mask: `sparsity.seed`, else the run's seed."""
+        return self.seed if self.sparsity.seed is None else self.sparsity.seed
+
+    @property
+    def is_dense(self) -> bool:
+        """True when nothing is pruned."""
+        return self.sparsity.sparsity == 0.0
+
+
+# Options that change how a run executes but not what it computes: left out of the run's identity.
+_NOT_IN_IDENTITY: dict[str, Any] = {
+    "device": True,
+    "checkpoint_every_steps": True,
+    "tensorboard": True,
+    "eval": True,  # evaluation reads the trained model; it never changes it
+    "data": {"root": True, "download": True, "workers": True, "eval_batch_size": True},
+}
+
+
+def config_hash(config: TrainConfig) -> str:
+    """Stable 16-hex-digit identity of the options that change a run's result."""
+    data = config.model_dump(mode="json", exclude=_NOT_IN_IDENTITY)
+    if config.is_dense:  # a dense run is the same run whatever rule it would have pruned with
+        data["sparsity"] = {"sparsity": 0.0}
+    canonical = json.dumps(data, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        problems.append(f"{key}: {message}")
+    return f"invalid config {source}: " + "; ".join(problems)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` to (["a", "b"], value), the value read as YAML (numbers, lists, booleans)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. optim.lr=0.05)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of `data` with each ``key.path=value`` set (sections created as needed)."""
+    result = json.loads(json.dumps(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None or (not isinstance(child, dict) and part == "sparsity"):
+                # `sparsity: 0.9` shorthand in a file, then `sparsity.distribution=...` on the command line
+                child = {} if child is None else {"sparsity": child}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        if path == ["sparsity"] and isinstance(node.get("sparsity"), dict) and not isinstance(value, dict):
+            node["sparsity"]["sparsity"] = value  # `sparsity=0.9` keeps the rest of the section
+        else:
+            node[path[-1]] = value
+    return result
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in YAML file `path`; unreadable or malformed files are a `ConfigError`."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot parse config {str(path)!r}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {str(path)!r} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def build_config(data: dict[str, Any], source: str = "") -> TrainConfig:
+    """Validate a plain mapping into a `TrainConfig`; every problem is named in one `ConfigError`."""
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source or "(command line)")) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read YAML `path` (if any), apply ``key=value`` `overrides`, and validate."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides or []))
+    return build_config(data, str(path) if path is not None else "")
+
+
+def dump_config(config: TrainConfig) -> str:
+    """The fully resolved config as YAML (what a run directory's ``config.yaml`` holds)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

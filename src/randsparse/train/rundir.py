@@ -1,0 +1,106 @@
+"""A run directory: its files, written atomically, and reading a finished run back.
+
+Layout::
+
+    RUN_DIR/config.yaml            fully resolved config
+    RUN_DIR/metrics.jsonl          one JSON line per finished epoch
+    RUN_DIR/summary.json           status and final numbers (updated as the run goes)
+    RUN_DIR/checkpoints/last.pt    latest state (every epoch, and every N steps if asked)
+    RUN_DIR/checkpoints/best.pt    state of the epoch with the best validation accuracy
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from randsparse.errors import ConfigError, FileFormatError
+from randsparse.storage import atomic_write_bytes
+from randsparse.train.config import TrainConfig, build_config, dump_config, read_yaml
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as strings, so every file stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class RunDir:
+    """Paths and atomic writers of one run's directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def config_file(self) -> Path:
+        """The resolved config."""
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        """Per-epoch metrics, JSON lines."""
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_file(self) -> Path:
+        """Status and final numbers."""
+        return self.path / "summary.json"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """Latest training state."""
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """Training state at the best validation accuracy."""
+        return self.path / "checkpoints" / "best.pt"
+
+    def has_run(self) -> bool:
+        """True when the directory already holds a run (a config or a checkpoint)."""
+        return self.config_file.exists() or self.last_checkpoint.exists()
+
+    def write_config(self, config: TrainConfig) -> None:
+        """Write ``config.yaml``."""
+        atomic_write_bytes(self.config_file, dump_config(config).encode())
+
+    def read_config(self) -> TrainConfig:
+        """The run's config; a missing or invalid file is a `ConfigError`."""
+        if not self.config_file.is_file():
+            raise ConfigError(f"{str(self.path)!r} is not a run directory (no config.yaml)")
+        return build_config(read_yaml(self.config_file), str(self.config_file))
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite ``metrics.jsonl`` from the history (kept in the checkpoint, so never torn or duplicated)."""
+        text = "".join(json.dumps(_json_safe(row)) + "\n" for row in history)
+        atomic_write_bytes(self.metrics_file, text.encode())
+
+    def read_summary(self) -> dict[str, Any]:
+        """``summary.json`` (empty when absent); a malformed file is a `FileFormatError`."""
+        if not self.summary_file.is_file():
+            return {}
+        try:
+            data = json.loads(self.summary_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FileFormatError(f"cannot read {str(self.summary_file)!r}: {exc}") from None
+        if not isinstance(data, dict):
+            raise FileFormatError(f"{str(self.summary_file)!r} does not hold a JSON object")
+        return data
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write ``summary.json`` atomically."""
+        text = json.dumps(_json_safe(summary), indent=2) + "\n"
+        atomic_write_bytes(self.summary_file, text.encode())
+
+    def update_summary(self, **fields: Any) -> dict[str, Any]:
+        """Merge `fields` into ``summary.json`` and return the result."""
+        summary = {**self.read_summary(), **fields}
+        self.write_summary(summary)
+        return summary

@@ -1,0 +1,80 @@
+"""Reading a trained run back: its config, the model of a checkpoint with its masks, its data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from randsparse import data as datasets
+from randsparse.errors import FileFormatError, MaskMismatchError
+from randsparse.sparsity import MaskSet, prunable_shapes
+from randsparse.train.checkpoint import load_checkpoint
+from randsparse.train.config import TrainConfig, config_hash
+from randsparse.train.rundir import RunDir
+from randsparse.train.setup import build_model
+
+
+@dataclass
+class LoadedRun:
+    """A run's config, the model of one checkpoint (masks applied, eval mode, CPU) and its data info."""
+
+    run_dir: RunDir
+    config: TrainConfig
+    model: nn.Module
+    masks: MaskSet | None
+    info: Any  # randsparse.data.DatasetInfo
+    checkpoint: Path
+    epoch: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) the model takes."""
+        return (self.info.channels, self.info.image_size, self.info.image_size)
+
+    def model_spec(self) -> dict[str, Any]:
+        """What `randsparse.models.build` needs to rebuild the architecture."""
+        options = dict(self.config.model.options)
+        if self.config.model.width is not None:
+            options["width"] = self.config.model.width
+        if self.config.model.depth is not None:
+            options["depth"] = self.config.model.depth
+        return {
+            "name": self.config.model.name,
+            "num_classes": self.info.num_classes,
+            "in_channels": self.info.channels,
+            "options": options,
+        }
+
+
+def load_run(run_dir: str | Path, which: Literal["best", "last"] = "best") -> LoadedRun:
+    """The model of `run_dir`'s best (or last) checkpoint, with its masks applied, ready to evaluate."""
+    run = RunDir(run_dir)
+    config = run.read_config()
+    path = run.best_checkpoint if which == "best" else run.last_checkpoint
+    state = load_checkpoint(path)
+    if state["config_hash"] != config_hash(config):
+        raise FileFormatError(f"{str(path)!r} was not written by the config in {str(run.config_file)!r}")
+    info = datasets.dataset_info(config.data.name, root=config.data.root, **config.data.options)
+    with torch.random.fork_rng(devices=[]):  # initial weights are overwritten: leave the global RNG alone
+        model = build_model(config.model, info)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise FileFormatError(f"{str(path)!r} does not fit the model: {str(exc).splitlines()[0]}") from None
+    masks = None
+    if state.get("masks") is not None:
+        try:
+            masks = MaskSet.from_state_dict(state["masks"])
+        except MaskMismatchError as exc:
+            raise FileFormatError(f"masks in {str(path)!r} are corrupt: {exc}") from None
+        masks.validate(model, expected=list(masks))
+        unknown = set(masks) - set(prunable_shapes(model))
+        if unknown:
+            raise MaskMismatchError(f"masks in {str(path)!r} cover non-prunable weights: {sorted(unknown)[0]}")
+        masks.apply_(model)
+    model.eval()
+    return LoadedRun(run, config, model, masks, info, path, int(state["progress"]["epoch"]))

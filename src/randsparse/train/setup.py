@@ -1,0 +1,146 @@
+"""From a `TrainConfig` to the objects a run trains: device, datasets, model, masks.
+
+Each step is a plain function, so a notebook, the evaluation and the export build exactly what
+training built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from randsparse import data as datasets
+from randsparse.errors import ConfigError
+from randsparse.models import build as build_registered_model
+from randsparse.models import model_options
+from randsparse.sparsity import MaskSet, PrunableSelector, load_custom_densities, plan_sparsity
+from randsparse.sparsity.saliency import ratio_method
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; a CUDA device that is absent is a `ConfigError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use device=cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} asked for, but MPS is not available here; use device=cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs a training process uses (model init, augmentation, dropout)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_determinism(enabled: bool) -> None:
+    """Deterministic kernels (bit-exact reruns) or the fastest ones."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=False)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled and torch.cuda.is_available()
+
+
+@dataclass
+class Datasets:
+    """Train, validation (None when `val_fraction` is 0) and test sets, and what they look like."""
+
+    info: Any  # randsparse.data.DatasetInfo
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+
+
+def _train_split(config: Any, augment: bool) -> Dataset:
+    return datasets.build(
+        config.name,
+        split="train",
+        augment=augment,
+        subset=config.subset,
+        val_fraction=config.val_fraction,
+        split_seed=config.split_seed,
+        root=config.root,
+        download=config.download,
+        **config.options,
+    )
+
+
+def build_datasets(config: Any) -> Datasets:
+    """The run's datasets from its `data` section (a `DataConfig`)."""
+    common = {"root": config.root, "download": config.download, **config.options}
+    info = datasets.dataset_info(config.name, root=config.root, **config.options)
+    split = {"val_fraction": config.val_fraction, "split_seed": config.split_seed}
+    train = _train_split(config, config.augment)
+    val = datasets.build(config.name, split="val", augment=False, **split, **common) if config.val_fraction else None
+    test = datasets.build(config.name, split="test", augment=False, **common)
+    if len(train) == 0:
+        raise ConfigError(f"the training set of {config.name!r} is empty")
+    return Datasets(info, train, val, test)
+
+
+def score_dataset(config: Any) -> Dataset:
+    """The training images without augmentation: what saliency scores are taken on."""
+    return _train_split(config, augment=False)
+
+
+def build_model(config: Any, info: Any) -> nn.Module:
+    """The model of a `ModelConfig`, shaped for the dataset described by `info`."""
+    options = dict(config.options)
+    if config.width is not None:
+        options["width"] = config.width
+    if config.depth is not None:
+        options["depth"] = config.depth
+    if "image_size" in model_options(config.name) and "image_size" not in options:
+        options["image_size"] = info.image_size
+    return build_registered_model(config.name, num_classes=info.num_classes, in_channels=info.channels, **options)
+
+
+def draw_masks(
+    config: Any, model: nn.Module, seed: int, score_data: Dataset | None = None, input_shape: tuple | None = None
+) -> MaskSet | None:
+    """Masks of a `SparsityConfig` for `model`; None for a dense run.
+
+    Score-based rules (``snip_ratio`` ..., or ``prune:``) score a copy of `model` on `score_data`
+    (the training set without augmentation) or, data-free, on `input_shape`.
+    """
+    if config.sparsity == 0.0:
+        return None
+    options = dict(config.options)
+    if config.custom_file is not None:
+        if "densities" in options:
+            raise ConfigError("give the custom densities either in sparsity.options.densities or custom_file")
+        options["densities"] = load_custom_densities(config.custom_file)
+    selector = PrunableSelector(include=config.include, exclude=config.exclude)
+    plan = plan_sparsity(
+        model,
+        config.sparsity,
+        config.distribution,
+        seed,
+        config.sampling,
+        selector,
+        mask_mode="scores" if config.prune else "random",
+        data=score_data,
+        input_shape=input_shape,
+        score_options=config.score_options or None,
+        **options,
+    )
+    return plan.masks
+
+
+def needs_scores(config: Any) -> bool:
+    """True when a `SparsityConfig`'s masks come from saliency scores (and so may need data)."""
+    return config.sparsity > 0 and ratio_method(config.distribution) is not None
