@@ -1,0 +1,205 @@
+"""Where a study's runs execute: in this process, in local worker processes, or as Ray tasks.
+
+Every executor runs the same function, `execute_run`, on a run's config and directory, and hands
+back its outcome; only the study driver writes the results store. A run directory that already
+holds a checkpoint (a run cut off earlier) is resumed, never started over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Protocol
+
+from randsparse.errors import ConfigError, RandsparseError
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("sequential", "local", "ray")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one run: a store status, its summary, and the error text if any."""
+
+    run_id: str
+    status: str  # done, failed, diverged, or pending (interrupted: hand it back)
+    metrics: dict[str, Any] | None
+    error: str | None
+    seconds: float
+
+
+def execute_run(run_id: str, config: dict[str, Any], run_dir: str, threads: int | None = None) -> Outcome:
+    """Train (or resume) one run and report its outcome; never raises for a run's own failure."""
+    import torch
+
+    from randsparse.train import Interrupted, RunDir, build_config, fit
+
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    try:
+        resume = RunDir(run_dir).last_checkpoint.is_file()
+        summary = fit(build_config(config), run_dir, resume=resume)
+        status = {"completed": "done", "diverged": "diverged"}.get(summary.get("status", ""), "failed")
+        error = summary.get("error") if status != "done" else None
+        return Outcome(run_id, status, summary, error, time.perf_counter() - started)
+    except Interrupted as exc:
+        return Outcome(run_id, "pending", None, str(exc), time.perf_counter() - started)
+    except RandsparseError as exc:
+        return Outcome(run_id, "failed", None, f"{type(exc).__name__}: {exc}", time.perf_counter() - started)
+    except Exception as exc:  # a bug in a run must not stop the study; keep its traceback in the store
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        log.error("run %s failed:\n%s", run_id, traceback.format_exc())
+        return Outcome(run_id, "failed", None, detail, time.perf_counter() - started)
+
+
+class Executor(Protocol):
+    """Runs `execute_run` calls concurrently, up to `slots` at a time."""
+
+    slots: int
+
+    def submit(self, run_id: str, config: dict[str, Any], run_dir: str) -> Any:
+        """Start one run; returns a handle."""
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, Outcome]]:
+        """The handles that finished within `timeout` seconds, with their outcomes."""
+
+    def shutdown(self) -> None:
+        """Stop everything still running and release resources."""
+
+
+class SequentialExecutor:
+    """Runs each run in this process, one after the other (debugging, notebooks, tiny studies)."""
+
+    slots = 1
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
+        self._done: dict[int, Outcome] = {}
+
+    def submit(self, run_id: str, config: dict[str, Any], run_dir: str) -> int:
+        handle = len(self._done)
+        self._done[handle] = execute_run(run_id, config, run_dir, self.threads)
+        return handle
+
+    def wait(self, handles: list[int], timeout: float) -> list[tuple[int, Outcome]]:
+        return [(h, self._done.pop(h)) for h in handles]
+
+    def shutdown(self) -> None:
+        self._done.clear()
+
+
+def _worker_init(threads: int, parent: int) -> None:
+    """Set a worker's threads, and make it exit when the study process dies (no orphans)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True, name="randsparse-parent-watch").start()
+
+
+class LocalExecutor:
+    """N worker processes on this machine; each gets cores // N torch threads (at least 1)."""
+
+    def __init__(self, workers: int, threads: int | None = None) -> None:
+        if workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {workers}")
+        self.slots = workers
+        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(self.threads, os.getpid()),
+        )
+
+    def submit(self, run_id: str, config: dict[str, Any], run_dir: str) -> Future:
+        future = self._pool.submit(execute_run, run_id, config, run_dir, self.threads)
+        future.run_id = run_id  # type: ignore[attr-defined]  (named in the outcome if the worker dies)
+        return future
+
+    def wait(self, handles: list[Future], timeout: float) -> list[tuple[Future, Outcome]]:
+        done, _ = wait_futures(handles, timeout=timeout, return_when=FIRST_COMPLETED)
+        results = []
+        for future in done:
+            try:
+                results.append((future, future.result()))
+            except Exception as exc:  # the worker process itself died (killed, out of memory)
+                run_id = getattr(future, "run_id", "?")
+                results.append((future, Outcome(run_id, "failed", None, f"worker died: {exc!r}", 0.0)))
+        return results
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayExecutor:
+    """Ray tasks on an existing cluster (`address`) or a local Ray instance; each reserves its CPUs/GPUs.
+
+    The study directory must be on a file system every node sees (runs write their directories
+    there); results come back to this driver, which alone writes the store.
+    """
+
+    def __init__(
+        self, address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0, slots: int | None = None
+    ) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("the ray executor needs Ray: pip install 'randsparse[ray]'") from None
+        self._ray = ray
+        self._started_here = not ray.is_initialized()
+        if self._started_here:
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+        cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+        self.slots = slots or max(1, int(cluster_cpus // cpus_per_run))
+        self.threads = max(1, int(cpus_per_run))
+        self._task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(execute_run)
+
+    def submit(self, run_id: str, config: dict[str, Any], run_dir: str) -> Any:
+        return self._task.remote(run_id, config, run_dir, self.threads)
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, Outcome]]:
+        ready, _ = self._ray.wait(handles, num_returns=1, timeout=timeout)
+        results = []
+        for ref in ready:
+            try:
+                results.append((ref, self._ray.get(ref)))
+            except Exception as exc:  # the task's worker died
+                results.append((ref, Outcome("?", "failed", None, f"ray task died: {exc!r}", 0.0)))
+        return results
+
+    def shutdown(self) -> None:
+        if self._started_here:
+            self._ray.shutdown()
+
+
+def make_executor(name: str, workers: int = 1, address: str | None = None, **options: Any) -> Executor:
+    """The executor called `name` (sequential, local, ray)."""
+    if name == "sequential":
+        return SequentialExecutor()
+    if name == "local":
+        return LocalExecutor(workers)
+    if name == "ray":
+        return RayExecutor(address=address, slots=workers if workers > 1 else None, **options)
+    raise ConfigError(f"unknown executor {name!r}; known: {', '.join(EXECUTORS)}")
+
+
+def run_dir_of(study_dir: str | Path, run_id: str) -> str:
+    """Where run `run_id` of a study writes its files."""
+    return str(Path(study_dir) / "runs" / run_id)

@@ -1,0 +1,126 @@
+"""Running a study: expand, sync the store, dispatch pending runs to an executor, record outcomes.
+
+Running the same command again resumes a study: stale ``running`` rows of dead drivers go back to
+``pending`` (their runs resume from their checkpoints), finished runs are never started again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from randsparse.experiments.executors import Executor, Outcome, make_executor, run_dir_of
+from randsparse.experiments.store import ResultsStore, owner_id
+from randsparse.experiments.study import RunSpec, StudyConfig, expand
+
+log = logging.getLogger(__name__)
+
+STORE_NAME = "results.sqlite"
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    """Counts of runs by status, and a rough estimate of the time left."""
+
+    counts: dict[str, int]
+    running: int
+    eta_seconds: float | None
+
+    @property
+    def total(self) -> int:
+        """Runs in the study."""
+        return sum(self.counts.values())
+
+
+def open_store(study_dir: str | Path) -> ResultsStore:
+    """The results store of a study directory."""
+    return ResultsStore(Path(study_dir) / STORE_NAME)
+
+
+def prepare(
+    study: StudyConfig, base: dict[str, Any], study_dir: str | Path, retry_failed: bool = False
+) -> tuple[ResultsStore, list[RunSpec]]:
+    """Expand the study and make its store hold exactly its runs (new ones pending)."""
+    specs = expand(study, base)
+    store = open_store(study_dir)
+    store.sync(
+        [(s.id, s.config.model_dump(mode="json"), s.point) for s in specs],
+        {**study.model_dump(mode="json"), "resolved_base": base},
+    )
+    requeued = store.requeue_stale()
+    if requeued:
+        log.info("re-queued %d run(s) of a study process that stopped: %s", len(requeued), ", ".join(requeued))
+    if retry_failed:
+        log.info("re-queued %d failed or diverged run(s)", store.retry())
+    return store, specs
+
+
+def run_study(
+    study: StudyConfig,
+    base: dict[str, Any],
+    study_dir: str | Path,
+    executor: str = "local",
+    workers: int = 1,
+    retry_failed: bool = False,
+    address: str | None = None,
+    on_progress: Callable[[StudyStatus], None] | None = None,
+    heartbeat_seconds: float = 15.0,
+) -> StudyStatus:
+    """Run every pending run of the study; returns the final counts. Safe to call again to resume."""
+    store, _ = prepare(study, base, study_dir, retry_failed)
+    owner = owner_id()
+    engine: Executor = make_executor(executor, workers=workers, address=address)
+    in_flight: dict[Any, str] = {}
+    durations: list[float] = []
+    last_beat = time.monotonic()
+
+    def report() -> StudyStatus:
+        counts = store.counts()
+        left = counts["pending"] + counts["running"]
+        mean = sum(durations) / len(durations) if durations else None
+        eta = mean * left / max(1, engine.slots) if mean is not None else None
+        status = StudyStatus(counts, len(in_flight), eta)
+        if on_progress is not None:
+            on_progress(status)
+        return status
+
+    try:
+        while True:
+            while len(in_flight) < engine.slots:
+                row = store.claim(owner)
+                if row is None:
+                    break
+                handle = engine.submit(row.id, row.spec, run_dir_of(study_dir, row.id))
+                in_flight[handle] = row.id
+            report()
+            if not in_flight:
+                break
+            for handle, outcome in engine.wait(list(in_flight), timeout=heartbeat_seconds):
+                run_id = in_flight.pop(handle)
+                _record(store, run_id, outcome, durations)
+            if time.monotonic() - last_beat >= heartbeat_seconds:
+                store.heartbeat(in_flight.values(), owner)
+                last_beat = time.monotonic()
+    except BaseException:
+        # Ctrl-C or an error in the driver: hand the unfinished runs back; they resume next time.
+        for run_id in in_flight.values():
+            store.finish(run_id, "pending", error="the study process stopped while it ran")
+        raise
+    finally:
+        engine.shutdown()
+    return report()
+
+
+def _record(store: ResultsStore, run_id: str, outcome: Outcome, durations: list[float]) -> None:
+    store.finish(run_id, outcome.status, outcome.metrics, outcome.error, outcome.seconds)
+    if outcome.status == "done":
+        durations.append(outcome.seconds)
+        log.info("run %s done in %.0f s", run_id, outcome.seconds)
+    elif outcome.status == "pending":
+        log.warning("run %s was interrupted; it will resume next time", run_id)
+    else:
+        log.warning("run %s %s: %s", run_id, outcome.status, outcome.error)

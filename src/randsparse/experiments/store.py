@@ -1,0 +1,272 @@
+"""The results store: one SQLite row per run (spec, status, metrics, timings), safe under concurrency.
+
+SQLite in WAL mode, every change in one short ``BEGIN IMMEDIATE`` transaction, so several study
+drivers (and any number of readers, such as a report) can share one store. A run moves
+``pending -> running -> done | failed | diverged``; a ``running`` row whose owner died (its process
+is gone, or its heartbeat is stale) goes back to ``pending`` and its run resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from randsparse.errors import FileFormatError
+
+STATUSES = ("pending", "running", "done", "failed", "diverged")
+FINISHED = ("done", "failed", "diverged")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id          TEXT PRIMARY KEY,
+    position    INTEGER NOT NULL,
+    in_study    INTEGER NOT NULL DEFAULT 1,
+    spec        TEXT NOT NULL,
+    point       TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'pending',
+    metrics     TEXT,
+    error       TEXT,
+    owner       TEXT,
+    host        TEXT,
+    pid         INTEGER,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    completions INTEGER NOT NULL DEFAULT 0,
+    created_at  REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    heartbeat   REAL,
+    seconds     REAL
+);
+CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run as the store holds it."""
+
+    id: str
+    position: int
+    spec: dict[str, Any]
+    point: dict[str, Any]
+    status: str
+    metrics: dict[str, Any] | None
+    error: str | None
+    host: str | None
+    attempts: int
+    completions: int
+    seconds: float | None
+
+
+def owner_id() -> str:
+    """Identity of this process as a store client: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ResultsStore:
+    """A study's ``results.sqlite``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = self._connect()
+            try:
+                db.executescript(_SCHEMA)  # runs in its own transaction
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as exc:
+            raise FileFormatError(f"{str(self.path)!r} is not a usable results store: {exc}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.row_factory = sqlite3.Row
+        return db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    # --- study membership -------------------------------------------------------------------
+    def sync(self, specs: Iterable[tuple[str, dict[str, Any], dict[str, Any]]], study: dict[str, Any]) -> None:
+        """Make the store hold exactly these (id, spec, point) runs as the current study.
+
+        New runs are added as pending; runs of an earlier version of the study that are not in it
+        any more are kept (with their results) but marked out of the study.
+        """
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET in_study = 0")
+            for position, (run_id, spec, point) in enumerate(specs):
+                db.execute(
+                    "INSERT INTO runs (id, position, spec, point, created_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT(id) DO UPDATE SET in_study = 1, position = excluded.position,"
+                    " point = excluded.point",
+                    (run_id, position, json.dumps(spec, sort_keys=True), json.dumps(point), now),
+                )
+            db.execute("INSERT OR REPLACE INTO study (key, value) VALUES ('config', ?)", (json.dumps(study),))
+
+    def study(self) -> dict[str, Any]:
+        """The study config last synced into the store (empty if none)."""
+        db = self._connect()
+        try:
+            row = db.execute("SELECT value FROM study WHERE key = 'config'").fetchone()
+        finally:
+            db.close()
+        return json.loads(row["value"]) if row else {}
+
+    # --- the run life cycle -------------------------------------------------------------------
+    def claim(self, owner: str | None = None) -> RunRow | None:
+        """Atomically take the first pending run of the study and mark it running by `owner`."""
+        owner = owner or owner_id()
+        host, _, pid = owner.rpartition(":")
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id FROM runs WHERE status = 'pending' AND in_study = 1 ORDER BY position LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            now = time.time()
+            db.execute(
+                "UPDATE runs SET status = 'running', owner = ?, host = ?, pid = ?, attempts = attempts + 1,"
+                " started_at = ?, heartbeat = ?, error = NULL WHERE id = ?",
+                (owner, host, int(pid), now, now, row["id"]),
+            )
+        return self.get(row["id"])
+
+    def heartbeat(self, run_ids: Iterable[str], owner: str | None = None) -> None:
+        """Record that `owner` is still working on `run_ids`."""
+        owner = owner or owner_id()
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE runs SET heartbeat = ? WHERE id = ? AND owner = ? AND status = 'running'",
+                [(time.time(), run_id, owner) for run_id in run_ids],
+            )
+
+    def finish(
+        self,
+        run_id: str,
+        status: str,
+        metrics: dict[str, Any] | None = None,
+        error: str | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        """Record a run's outcome; `status` ``pending`` hands it back (e.g. interrupted)."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, metrics = COALESCE(?, metrics), error = ?, finished_at = ?,"
+                " seconds = COALESCE(?, seconds), completions = completions + ?, owner = NULL WHERE id = ?",
+                (
+                    status,
+                    json.dumps(metrics) if metrics is not None else None,
+                    error,
+                    time.time() if status in FINISHED else None,
+                    seconds,
+                    1 if status == "done" else 0,
+                    run_id,
+                ),
+            )
+
+    def requeue_stale(self, stale_after: float = 600.0) -> list[str]:
+        """Put back to pending the running rows whose owner is dead; returns their ids.
+
+        An owner on this host is dead when its process is gone; elsewhere, when its heartbeat is
+        older than `stale_after` seconds.
+        """
+        here = socket.gethostname()
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute("SELECT id, host, pid, heartbeat FROM runs WHERE status = 'running'").fetchall()
+            stale = [
+                r["id"]
+                for r in rows
+                if (r["host"] == here and not _process_alive(r["pid"]))
+                or (r["host"] != here and (r["heartbeat"] or 0) < now - stale_after)
+            ]
+            db.executemany("UPDATE runs SET status = 'pending', owner = NULL WHERE id = ?", [(i,) for i in stale])
+        return stale
+
+    def retry(self, statuses: Iterable[str] = ("failed", "diverged")) -> int:
+        """Put runs with these statuses back to pending; returns how many."""
+        statuses = tuple(statuses)
+        with self._transaction() as db:
+            marks = ",".join("?" * len(statuses))
+            cursor = db.execute(
+                f"UPDATE runs SET status = 'pending', error = NULL WHERE in_study = 1 AND status IN ({marks})",
+                statuses,
+            )
+            return cursor.rowcount
+
+    # --- reading -----------------------------------------------------------------------------
+    def get(self, run_id: str) -> RunRow:
+        """One run by id."""
+        rows = self._select("WHERE id = ?", (run_id,))
+        if not rows:
+            raise KeyError(run_id)
+        return rows[0]
+
+    def rows(self, include_old: bool = False) -> list[RunRow]:
+        """Every run of the current study (and of earlier versions with `include_old`), in order."""
+        return self._select("" if include_old else "WHERE in_study = 1", ())
+
+    def counts(self) -> dict[str, int]:
+        """Number of runs of the study in each status."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for row in self.rows():
+            counts[row.status] += 1
+        return counts
+
+    def _select(self, where: str, args: tuple) -> list[RunRow]:
+        db = self._connect()
+        try:
+            found = db.execute(f"SELECT * FROM runs {where} ORDER BY position", args).fetchall()
+        finally:
+            db.close()
+        return [
+            RunRow(
+                id=r["id"],
+                position=r["position"],
+                spec=json.loads(r["spec"]),
+                point=json.loads(r["point"]),
+                status=r["status"],
+                metrics=json.loads(r["metrics"]) if r["metrics"] else None,
+                error=r["error"],
+                host=r["host"],
+                attempts=r["attempts"],
+                completions=r["completions"],
+                seconds=r["seconds"],
+            )
+            for r in found
+        ]

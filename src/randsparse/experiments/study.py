@@ -1,0 +1,128 @@
+"""Study configs and their expansion into run specs: a grid over run-config keys, plus dense baselines.
+
+A study file names a base run config (inline under ``base:``, and/or a file under ``base_config:``
+relative to the study file) and a ``grid`` of dotted run-config keys to lists of values. Expansion
+takes the Cartesian product in the order the keys are written, and, with ``dense_baselines: true``
+(the default), adds for every grid point its dense twin (the same point with sparsity 0). A spec's
+id is the hash of its resolved config, so a point listed twice, or a dense point that is also a
+baseline, is trained once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from randsparse.errors import ConfigError
+from randsparse.train.config import TrainConfig, apply_overrides, build_config, config_hash, read_yaml
+
+# Grid keys that change only what is pruned: dropped from a point to make its dense baseline.
+_SPARSITY_KEY = "sparsity"
+
+
+class StudyConfig(BaseModel):
+    """A study: base run config, grid, and whether dense baselines are added."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="study", description="a short name for the report title")
+    description: str = ""
+    base_config: str | None = Field(default=None, description="run config file the base starts from")
+    base: dict[str, Any] = Field(default_factory=dict, description="run config (or overrides of base_config)")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted run-config key -> values")
+    dense_baselines: bool = True
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_values(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"grid key {key!r} has no values")
+        return grid
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a study: its id, its resolved config, and the grid point it came from."""
+
+    id: str
+    config: TrainConfig
+    point: dict[str, Any]
+
+    @property
+    def is_dense(self) -> bool:
+        """True for a dense run (a baseline, or a grid point at sparsity 0)."""
+        return self.config.is_dense
+
+
+def _to_override(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value)}"
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[StudyConfig, dict[str, Any]]:
+    """Read a study file; returns the study and its base run config as a plain mapping.
+
+    `overrides` (``key=value``) apply to the base run config, e.g. ``epochs=1`` for a smoke test.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    try:
+        study = StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
+            f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid study {str(path)!r}: {problems}") from None
+    base: dict[str, Any] = {}
+    if study.base_config is not None:
+        base_path = (path.parent / study.base_config).resolve()
+        base = read_yaml(base_path)
+    base = _merge(base, study.base)
+    base = apply_overrides(base, list(overrides or []))
+    return study, base
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of `update` into a copy of `into` (sections merged, values replaced)."""
+    result = dict(into)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def expand(study: StudyConfig, base: dict[str, Any]) -> list[RunSpec]:
+    """Every run of the study in grid order, each sparse point preceded by its dense baseline (once)."""
+    keys = list(study.grid)
+    specs: dict[str, RunSpec] = {}
+    for values in itertools.product(*(study.grid[k] for k in keys)):
+        point = dict(zip(keys, values, strict=True))
+        if study.dense_baselines:
+            dense_point = {k: v for k, v in point.items() if not _is_sparsity_key(k)}
+            _add(specs, base, {**dense_point, _SPARSITY_KEY: 0.0})
+        _add(specs, base, point)
+    return list(specs.values())
+
+
+def _is_sparsity_key(key: str) -> bool:
+    return key == _SPARSITY_KEY or key.startswith(_SPARSITY_KEY + ".")
+
+
+def _add(specs: dict[str, RunSpec], base: dict[str, Any], point: dict[str, Any]) -> None:
+    overrides = [_to_override(k, v) for k, v in point.items()]
+    try:
+        config = build_config(apply_overrides(base, overrides), f"at grid point {point}")
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("invalid config", "invalid study run", 1)) from None
+    run_id = config_hash(config)
+    if run_id not in specs:
+        specs[run_id] = RunSpec(run_id, config, point)

@@ -1,0 +1,103 @@
+"""The study report: tables, plots and the missing-runs section, on complete and partial stores."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from randsparse.experiments import ResultsStore, summary_table, write_report
+
+BASE_SPEC = {"data": {"name": "synthetic"}, "seed": 0}
+
+
+def _spec(width: float, sparsity: float, distribution: str, seed: int) -> dict:
+    return {
+        **BASE_SPEC,
+        "model": {"name": "small_cnn", "width": width, "depth": None},
+        "sparsity": {"sparsity": sparsity, "distribution": distribution},
+        "seed": seed,
+    }
+
+
+def _store(tmp_path, finish_all: bool = True) -> ResultsStore:
+    """Two widths x (dense + 2 rules x 2 sparsities) x 2 seeds with known accuracies."""
+    store = ResultsStore(tmp_path / "results.sqlite")
+    specs, accuracy = [], {}
+    for width in (0.5, 1.0):
+        for seed in (0, 1):
+            points = [(0.0, "erk")] + [(s, d) for s in (0.5, 0.9) for d in ("erk", "uniform")]
+            for sparsity, distribution in points:
+                run_id = f"w{width}-s{sparsity}-{distribution}-{seed}"
+                specs.append((run_id, _spec(width, sparsity, distribution, seed), {}))
+                gap = 0.0 if sparsity == 0 else -sparsity * (0.1 if distribution == "uniform" else 0.05) / width
+                accuracy[run_id] = 0.9 + gap + 0.01 * seed
+    store.sync(specs, {"name": "toy", "description": "a toy study"})
+    while (row := store.claim("h:1")) is not None:
+        if not finish_all and row.id.startswith("w1.0-s0.9-uniform"):
+            store.finish(row.id, "failed", error="ValueError: boom")
+            continue
+        store.finish(row.id, "done", {"test_accuracy": accuracy[row.id], "eval": {"ece": 0.05, "nll": 0.3}})
+    return store
+
+
+def test_summary_table_means_stds_and_gaps(tmp_path) -> None:
+    report = write_report(_store(tmp_path), tmp_path / "report")
+    table = report.table
+    row = table[(table["width"] == 0.5) & (table["sparsity"] == 0.9) & (table["distribution"] == "uniform")].iloc[0]
+    assert row["mean"] == pytest.approx(0.9 - 0.18 + 0.005)
+    assert row["std"] == pytest.approx(math.sqrt(2 * 0.005**2))
+    assert row["seeds"] == 2
+    assert row["dense_mean"] == pytest.approx(0.905)
+    assert row["gap_to_dense"] == pytest.approx(-0.18)
+    assert set(table["distribution"]) == {"dense", "erk", "uniform"}
+
+
+def test_report_writes_markdown_csv_and_readable_plots(tmp_path) -> None:
+    report = write_report(_store(tmp_path), tmp_path / "report")
+    names = {p.name for p in report.files}
+    assert {"report.md", "runs.csv", "summary.csv", "accuracy_vs_sparsity.png", "gap_vs_width.png"} <= names
+    assert {"ece_vs_sparsity.png", "nll_vs_sparsity.png"} <= names
+    for png in (p for p in report.files if p.suffix == ".png"):
+        with Image.open(png) as image:
+            assert image.size[0] > 300 and image.size[1] > 200
+    text = (tmp_path / "report/report.md").read_text()
+    assert text.startswith("# toy")
+    assert "| small_cnn ×0.5" in text
+    assert "-18.00" in text  # the uniform gap at 90 % sparsity, width 0.5, in points
+    assert "None: every run of the study is done." in text
+    assert len(pd.read_csv(tmp_path / "report/runs.csv")) == 20
+
+
+def test_partial_store_still_reports_and_names_what_is_missing(tmp_path) -> None:
+    store = _store(tmp_path, finish_all=False)
+    store.sync([(r.id, r.spec, r.point) for r in store.rows()] + [("later", _spec(2.0, 0.5, "erk", 0), {})], {})
+    text_path = write_report(store, tmp_path / "report").out_dir / "report.md"
+    text = text_path.read_text()
+    assert "## Missing or failed runs" in text
+    assert "ValueError: boom" in text
+    assert "| later" in text and "pending" in text
+    assert (tmp_path / "report/accuracy_vs_sparsity.png").is_file()
+
+
+def test_empty_store_reports_that_there_is_nothing_yet(tmp_path) -> None:
+    store = ResultsStore(tmp_path / "results.sqlite")
+    report = write_report(store, tmp_path / "report")
+    assert "no runs yet" in (report.out_dir / "report.md").read_text()
+
+
+def test_summary_table_without_dense_baseline_has_no_gap() -> None:
+    frame = pd.DataFrame(
+        {
+            "size": ["m"],
+            "width": [1.0],
+            "depth": [None],
+            "sparsity": [0.5],
+            "distribution": ["erk"],
+            "test_accuracy": [0.8],
+        }
+    )
+    table = summary_table(frame)
+    assert math.isnan(table["gap_to_dense"].iloc[0])

@@ -1,0 +1,115 @@
+"""Running studies: executors, failures, and resuming after the study process is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from randsparse.experiments import expand, load_study, open_store, run_study
+from tests.experiments._studies import write_study
+
+
+def _ids(study_dir) -> set[str]:
+    return {r.id for r in open_store(study_dir).rows()}
+
+
+def test_sequential_study_completes_every_run_and_records_summaries(tmp_path) -> None:
+    path = write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5, 0.9]})
+    study, base = load_study(path)
+    final = run_study(study, base, tmp_path / "study", executor="sequential")
+    assert final.counts["done"] == 3 == final.total
+    rows = open_store(tmp_path / "study").rows()
+    for row in rows:
+        assert row.metrics["status"] == "completed"
+        assert (tmp_path / "study/runs" / row.id / "summary.json").is_file()
+        assert row.completions == 1
+    # Running it again trains nothing.
+    again = run_study(study, base, tmp_path / "study", executor="sequential")
+    assert again.counts["done"] == 3
+    assert all(r.completions == 1 and r.attempts == 1 for r in open_store(tmp_path / "study").rows())
+
+
+def test_a_failing_run_is_recorded_and_the_study_goes_on(tmp_path) -> None:
+    # cifar10 is nowhere under an empty data root: that run fails at start, the others finish.
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    grid = {"data.name": ["synthetic", "cifar10"], "data.root": [str(empty)]}
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid=grid, dense_baselines=False))
+    final = run_study(study, base, tmp_path / "study", executor="sequential")
+    assert final.counts["done"] == 1 and final.counts["failed"] == 1
+    failed = next(r for r in open_store(tmp_path / "study").rows() if r.status == "failed")
+    assert "cifar10" in failed.error
+
+
+def test_retry_failed_runs_them_again(tmp_path) -> None:
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    grid = {"data.name": ["cifar10"], "data.root": [str(empty)]}
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid=grid, dense_baselines=False))
+    run_study(study, base, tmp_path / "study", executor="sequential")
+    final = run_study(study, base, tmp_path / "study", executor="sequential", retry_failed=True)
+    assert final.counts["failed"] == 1
+    assert open_store(tmp_path / "study").rows()[0].attempts == 2
+
+
+def test_two_local_workers_complete_the_same_runs_as_sequential(tmp_path) -> None:
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5, 0.9], "seed": [0, 1]}))
+    expected = {s.id for s in expand(study, base)}
+    final = run_study(study, base, tmp_path / "local", executor="local", workers=2)
+    assert final.counts["done"] == len(expected) == 6
+    assert _ids(tmp_path / "local") == expected
+
+
+def test_ray_executor_completes_the_same_runs(tmp_path) -> None:
+    ray = pytest.importorskip("ray")
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5, 0.9]}))
+    expected = {s.id for s in expand(study, base)}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        final = run_study(study, base, tmp_path / "ray", executor="ray", workers=2)
+    finally:
+        ray.shutdown()
+    assert final.counts["done"] == len(expected)
+    assert _ids(tmp_path / "ray") == expected
+    assert all(r.status == "done" for r in open_store(tmp_path / "ray").rows())
+
+
+def test_killed_study_resumes_without_duplicate_or_missing_runs(tmp_path) -> None:
+    grid = {"sparsity": [0.5, 0.9], "seed": [0, 1, 2]}
+    path = write_study(tmp_path / "s.yaml", grid=grid)
+    expected = {s.id for s in expand(*load_study(path, ["epochs=3"]))}
+    study_dir = tmp_path / "study"
+    command = [
+        sys.executable, "-m", "randsparse", "study", str(path), "--out", str(study_dir),
+        "--executor", "local", "--workers", "2", "--quiet", "epochs=3",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while True:  # kill once some runs are done and others are in flight
+        time.sleep(0.2)
+        if (study_dir / "results.sqlite").exists():
+            counts = open_store(study_dir).counts()
+            if counts["done"] >= 2 and counts["running"] >= 1:
+                break
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out"
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate()
+    interrupted = open_store(study_dir).counts()
+    assert interrupted["done"] < len(expected)
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    rows = open_store(study_dir).rows()
+    assert {r.id for r in rows} == expected
+    assert all(r.status == "done" for r in rows)
+    assert all(r.completions == 1 for r in rows), "a run was trained to completion twice"
+    for row in rows:
+        metrics = [json.loads(x) for x in (study_dir / "runs" / row.id / "metrics.jsonl").read_text().splitlines()]
+        assert [m["epoch"] for m in metrics] == [1, 2, 3]
