@@ -21,7 +21,7 @@ from randsparse.errors import RandsparseError
 EXIT_USAGE = 2
 
 # Modules of this package that each add one subcommand.
-SUBCOMMANDS: tuple[str, ...] = ("plan", "train", "eval", "study", "report", "data")
+SUBCOMMANDS: tuple[str, ...] = ("plan", "train", "eval", "study", "report", "export", "bench", "data")
 
 
 class Parser(argparse.ArgumentParser):

@@ -11,6 +11,7 @@ from torch import nn
 
 from randsparse import data as datasets
 from randsparse.errors import FileFormatError, MaskMismatchError
+from randsparse.models import model_options
 from randsparse.sparsity import MaskSet, prunable_shapes
 from randsparse.train.checkpoint import load_checkpoint
 from randsparse.train.config import TrainConfig, config_hash
@@ -42,6 +43,8 @@ class LoadedRun:
             options["width"] = self.config.model.width
         if self.config.model.depth is not None:
             options["depth"] = self.config.model.depth
+        if "image_size" in model_options(self.config.model.name) and "image_size" not in options:
+            options["image_size"] = self.info.image_size
         return {
             "name": self.config.model.name,
             "num_classes": self.info.num_classes,

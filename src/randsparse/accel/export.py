@@ -1,0 +1,320 @@
+"""Compressed sparse models: `export_model` writes one, `load` rebuilds a fast `nn.Module` from it.
+
+The file is a `torch.save` archive (read back with ``weights_only=True``) holding:
+
+- ``format``: `FORMAT`, so a foreign or older file is refused with a clear message;
+- ``model_spec``: what `randsparse.models.build` needs to rebuild the architecture
+  (``{"name", "num_classes", "in_channels", "options"}``);
+- ``dense``: every state-dict entry that is not a pruned weight (biases, BN, unpruned layers);
+- ``sparse``: per pruned weight, its shape, dtype, kept count, kept values (row-major) and the
+  positions in one of the encodings of `randsparse.accel.encoding` (smallest per layer by default).
+
+`load` rebuilds the model, turns each pruned Linear and Conv2d into `SparseLinear` /
+`SparseConv2d` (other pruned layers get their masked dense weight back) and returns it in eval
+mode; its outputs equal the masked dense model's up to float32 summation order.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from randsparse.accel.encoding import decode_mask, encode_mask, payload_bytes
+from randsparse.accel.modules import DispatchMode, SparseConv2d, SparseLinear, set_dispatch
+from randsparse.errors import ConfigError, FileFormatError, RandsparseError
+from randsparse.models import build
+from randsparse.sparsity.layers import owning_module
+from randsparse.sparsity.masks import MaskSet
+from randsparse.storage import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+FORMAT = "randsparse.sparse-model/v1"
+_SPEC_KEYS = ("name", "num_classes", "in_channels", "options")
+
+
+@dataclass(frozen=True)
+class LayerExport:
+    """How one pruned weight was stored."""
+
+    name: str
+    shape: tuple[int, ...]
+    kept: int
+    encoding: str
+    index_bytes: int
+    value_bytes: int
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What `export_model` wrote: the file size and how each pruned layer was encoded."""
+
+    path: Path | None
+    bytes: int
+    layers: list[LayerExport]
+
+
+def check_model_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """`spec` normalised to ``{"name", "num_classes", "in_channels", "options"}``, or a `ConfigError`."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise ConfigError(
+            f"model_spec must be a mapping with a 'name' (and num_classes, in_channels, options), got {spec!r}"
+        )
+    unknown = sorted(set(spec) - set(_SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"model_spec has unknown key(s) {', '.join(unknown)}; it takes {', '.join(_SPEC_KEYS)}")
+    options = spec.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"model_spec 'options' must be a mapping, got {options!r}")
+    return {
+        "name": spec["name"],
+        "num_classes": spec.get("num_classes", 10),
+        "in_channels": spec.get("in_channels", 3),
+        "options": dict(options),
+    }
+
+
+def _build(spec: Mapping[str, Any], device: str | torch.device) -> nn.Module:
+    with torch.random.fork_rng(devices=[]), torch.device(device):  # init is overwritten: spare the global RNG
+        return build(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"])
+
+
+def _check_fits(model: nn.Module, spec: dict[str, Any]) -> None:
+    """Refuse a spec whose architecture does not have exactly `model`'s state-dict entries and shapes."""
+    rebuilt = _build(spec, "meta").state_dict()
+    mine = model.state_dict()
+    for name, tensor in mine.items():
+        if name not in rebuilt:
+            raise ConfigError(f"model_spec {spec['name']!r} builds a model without {name!r}; is the spec the model's?")
+        if tuple(rebuilt[name].shape) != tuple(tensor.shape):
+            raise ConfigError(
+                f"model_spec builds {name!r} with shape {tuple(rebuilt[name].shape)},"
+                f" the model has {tuple(tensor.shape)}"
+            )
+    missing = sorted(set(rebuilt) - set(mine))
+    if missing:
+        raise ConfigError(f"model_spec builds entries the model lacks, e.g. {missing[0]!r}")
+
+
+def export_state(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], model_spec: Mapping[str, Any], encoding: str = "auto"
+) -> tuple[dict[str, Any], list[LayerExport]]:
+    """The content of an export file (see the module docstring) and a per-layer summary."""
+    spec = check_model_spec(model_spec)
+    mask_set = masks if isinstance(masks, MaskSet) else MaskSet(masks)
+    mask_set.validate(model)
+    _check_fits(model, spec)
+    state = model.state_dict()
+    dense = {name: tensor.detach().cpu().clone() for name, tensor in state.items() if name not in mask_set}
+    sparse: dict[str, Any] = {}
+    layers = []
+    for name, mask in mask_set.items():
+        weight = state[name].detach().cpu()
+        mask = mask.cpu()
+        used, payload = encode_mask(mask, encoding)
+        values = weight[mask].contiguous().clone()  # row-major order of the kept positions
+        sparse[name] = {
+            "shape": list(weight.shape),
+            "kept": int(values.numel()),
+            "encoding": used,
+            "payload": payload,
+            "values": values,
+        }
+        layers.append(
+            LayerExport(
+                name,
+                tuple(weight.shape),
+                int(values.numel()),
+                used,
+                payload_bytes(payload),
+                values.numel() * values.element_size(),
+            )
+        )
+    content = {"format": FORMAT, "model_spec": spec, "dense": dense, "sparse": sparse}
+    return content, layers
+
+
+def export_bytes(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], model_spec: Mapping[str, Any], encoding: str = "auto"
+) -> bytes:
+    """The export file of `model` with `masks` as bytes (what `export_model` writes)."""
+    content, _ = export_state(model, masks, model_spec, encoding)
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    return buffer.getvalue()
+
+
+def export_model(
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    model_spec: Mapping[str, Any],
+    path: str | Path,
+    encoding: str = "auto",
+) -> ExportSummary:
+    """Write `model` with `masks` applied as a compressed file at `path` (atomically).
+
+    Pruned weights keep only their kept values plus an index (`encoding`: ``auto`` = smallest per
+    layer, or a name from `randsparse.accel.encoding.available_encodings`); everything else is
+    stored as is. `model_spec` must rebuild `model`'s architecture.
+    """
+    content, layers = export_state(model, masks, model_spec, encoding)
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
+    log.info("exported %s (%d bytes, %d pruned layers)", path, len(data), len(layers))
+    return ExportSummary(Path(path), len(data), layers)
+
+
+def _read(source: str | Path | bytes) -> dict[str, Any]:
+    label = "the given bytes" if isinstance(source, bytes) else repr(str(source))
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise FileFormatError(f"sparse model file {label} does not exist")
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else source
+        content = torch.load(handle, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a file that is not an archive
+        reason = str(exc).splitlines()[0] if str(exc).strip() else f"{type(exc).__name__} (empty or truncated file)"
+        raise FileFormatError(f"cannot read sparse model file {label}: {reason}") from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        found = content.get("format") if isinstance(content, dict) else None
+        raise FileFormatError(
+            f"{label} is not a randsparse sparse model (format {found!r}, expected {FORMAT!r});"
+            " write one with `randsparse export` or randsparse.accel.export_model"
+        )
+    for key, kind in (("model_spec", dict), ("dense", dict), ("sparse", dict)):
+        if not isinstance(content.get(key), kind):
+            raise FileFormatError(f"sparse model file {label} has no valid {key!r} entry")
+    return content
+
+
+def _decode_layer(name: str, entry: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masked dense weight, mask) of one stored pruned layer."""
+    try:
+        shape = tuple(int(d) for d in entry["shape"])
+        kept = int(entry["kept"])
+        values = entry["values"]
+        if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() != kept:
+            raise FileFormatError(f"values of {name!r} do not hold {kept} entries")
+        mask = decode_mask(str(entry["encoding"]), entry["payload"], shape, kept)
+    except FileFormatError as exc:
+        raise FileFormatError(f"pruned layer {name!r}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FileFormatError(f"pruned layer {name!r} is malformed: {exc}") from None
+    weight = torch.zeros(shape, dtype=values.dtype)
+    weight[mask] = values
+    return weight, mask
+
+
+def _empty_model(spec: dict[str, Any]) -> nn.Module:
+    """The architecture with uninitialised memory (fast), or freshly built when that is not safe."""
+    try:
+        model = _build(spec, "meta")
+    except RandsparseError as exc:
+        raise FileFormatError(f"sparse model file names a model this randsparse cannot build: {exc}") from None
+    except Exception:  # a builder that cannot run on meta: build it for real
+        return _build(spec, "cpu")
+    persistent = set(model.state_dict())
+    for module_name, module in model.named_modules():
+        for buffer in module._buffers:
+            full = f"{module_name}.{buffer}" if module_name else buffer
+            if full not in persistent:  # would stay uninitialised: build for real instead
+                return _build(spec, "cpu")
+    return model.to_empty(device="cpu")
+
+
+def to_sparse(model: nn.Module, masks: Mapping[str, torch.Tensor], mode: DispatchMode = "auto") -> nn.Module:
+    """A copy of `model` with each masked Linear / zero-padded Conv2d replaced by its sparse module."""
+    mask_set = masks if isinstance(masks, MaskSet) else MaskSet(masks)
+    mask_set.validate(model)
+    model = copy.deepcopy(model)
+    for name, mask in mask_set.items():
+        _replace(model, name, mask, mode)
+    return model.eval()
+
+
+def _replace(model: nn.Module, weight_name: str, mask: torch.Tensor, mode: DispatchMode) -> bool:
+    """Swap the module owning `weight_name` for its sparse version; False when it has none."""
+    module, attr = owning_module(model, weight_name)
+    if attr != "weight" or module is model:  # the root cannot be swapped in place: it stays dense
+        return False
+    sparse: nn.Module
+    if type(module) is nn.Linear:
+        sparse = SparseLinear.from_dense(module, mask, mode)
+    elif type(module) is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        sparse = SparseConv2d.from_dense(module, mask, mode)
+    else:
+        return False
+    parent_name, _, child = weight_name.rpartition(".")[0].rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, sparse)
+    return True
+
+
+def load(source: str | Path | bytes, mode: DispatchMode = "auto") -> nn.Module:
+    """Rebuild the model written by `export_model` (a path, or the bytes of such a file), in eval mode.
+
+    Pruned Linear and Conv2d layers become `SparseLinear` / `SparseConv2d` running in `mode`
+    (``auto``: each layer measures dense against sparse once per input shape and keeps the faster).
+    A missing, corrupt or foreign file raises `FileFormatError`.
+    """
+    content = _read(source)
+    try:
+        spec = check_model_spec(content["model_spec"])
+    except ConfigError as exc:
+        raise FileFormatError(f"sparse model file has a bad model_spec: {exc}") from None
+    model = _empty_model(spec)
+    dense = dict(content["dense"])
+    expected = set(model.state_dict())
+    unknown = sorted((set(dense) | set(content["sparse"])) - expected)
+    if unknown:
+        raise FileFormatError(f"sparse model file holds {unknown[0]!r}, which model {spec['name']!r} does not have")
+    replaced: set[str] = set()
+    for name, entry in content["sparse"].items():
+        weight, mask = _decode_layer(name, entry)
+        module, attr = owning_module(model, name)
+        current = getattr(module, attr)
+        if tuple(current.shape) != tuple(weight.shape):
+            raise FileFormatError(
+                f"pruned layer {name!r} has shape {tuple(weight.shape)}, the model {tuple(current.shape)}"
+            )
+        with torch.no_grad():
+            current.copy_(weight)  # so the dense module is right if it is not replaced
+        if _replace(model, name, mask, mode):
+            replaced.add(name)
+        else:
+            dense[name] = weight
+    own = {  # the sparse modules' CSR buffers come from the file's sparse entries, not its dense ones
+        f"{module_name}.{buffer}"
+        for module_name in (name.rpartition(".")[0] for name in replaced)
+        for buffer in model.get_submodule(module_name)._buffers
+    }
+    missing, unexpected = model.load_state_dict(dense, strict=False)
+    missing = [m for m in missing if m not in own]
+    absent = sorted(set(missing) - set(content["sparse"]))
+    if absent or unexpected:
+        raise FileFormatError(
+            f"sparse model file does not fit the model: missing {absent[:3]}, unexpected {unexpected[:3]}"
+        )
+    set_dispatch(model, mode)
+    return model.eval()
+
+
+__all__ = [
+    "FORMAT",
+    "ExportSummary",
+    "LayerExport",
+    "check_model_spec",
+    "export_bytes",
+    "export_model",
+    "export_state",
+    "load",
+    "to_sparse",
+]
