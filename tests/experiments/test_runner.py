@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from randsparse.errors import DatasetNotFoundError
 from randsparse.experiments import expand, load_study, open_store, run_study
 from tests.experiments._studies import write_study
 
@@ -36,26 +37,32 @@ def test_sequential_study_completes_every_run_and_records_summaries(tmp_path) ->
 
 
 def test_a_failing_run_is_recorded_and_the_study_goes_on(tmp_path) -> None:
-    # cifar10 is nowhere under an empty data root: that run fails at start, the others finish.
-    empty = tmp_path / "no-data"
-    empty.mkdir()
-    grid = {"data.name": ["synthetic", "cifar10"], "data.root": [str(empty)]}
-    study, base = load_study(write_study(tmp_path / "s.yaml", grid=grid, dense_baselines=False))
+    # An MLP built for 10x10 images fails on the 12x12 data at its first step; the other (dense) run finishes.
+    good, bad = {"depth": 1, "hidden": 32}, {"depth": 1, "hidden": 32, "image_size": 10}
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid={"model.options": [good, bad]}))
     final = run_study(study, base, tmp_path / "study", executor="sequential")
     assert final.counts["done"] == 1 and final.counts["failed"] == 1
     failed = next(r for r in open_store(tmp_path / "study").rows() if r.status == "failed")
-    assert "cifar10" in failed.error
+    assert "image_size" in failed.error
 
 
 def test_retry_failed_runs_them_again(tmp_path) -> None:
-    empty = tmp_path / "no-data"
-    empty.mkdir()
-    grid = {"data.name": ["cifar10"], "data.root": [str(empty)]}
-    study, base = load_study(write_study(tmp_path / "s.yaml", grid=grid, dense_baselines=False))
+    bad = {"depth": 1, "hidden": 32, "image_size": 10}
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid={"model.options": [bad]}, dense_baselines=False))
     run_study(study, base, tmp_path / "study", executor="sequential")
     final = run_study(study, base, tmp_path / "study", executor="sequential", retry_failed=True)
     assert final.counts["failed"] == 1
     assert open_store(tmp_path / "study").rows()[0].attempts == 2
+
+
+def test_a_missing_dataset_stops_the_study_before_any_run(tmp_path) -> None:
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    grid = {"data.name": ["cifar10"], "data.root": [str(empty)], "data.options": [{}]}
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid=grid, dense_baselines=False))
+    with pytest.raises(DatasetNotFoundError, match="cifar10"):
+        run_study(study, base, tmp_path / "study", executor="sequential")
+    assert open_store(tmp_path / "study").counts()["pending"] == 1
 
 
 def test_two_local_workers_complete_the_same_runs_as_sequential(tmp_path) -> None:

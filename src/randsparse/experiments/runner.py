@@ -6,6 +6,7 @@ Running the same command again resumes a study: stale ``running`` rows of dead d
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from randsparse import data as datasets
 from randsparse.experiments.executors import Executor, Outcome, make_executor, run_dir_of
 from randsparse.experiments.store import ResultsStore, owner_id
 from randsparse.experiments.study import RunSpec, StudyConfig, expand
@@ -59,6 +61,21 @@ def prepare(
     return store, specs
 
 
+def check_data(specs: list[RunSpec]) -> None:
+    """Make sure every dataset the runs need is there (downloading it once, here, if they may).
+
+    A missing dataset is one clear error before any run starts, not the same failure in every run;
+    and a download happens once in this process, not in every worker at the same time.
+    """
+    seen: set[str] = set()
+    for spec in specs:
+        data = spec.config.data
+        key = json.dumps([data.name, data.root, data.download, data.options], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            datasets.build(data.name, split="test", root=data.root, download=data.download, **data.options)
+
+
 def run_study(
     study: StudyConfig,
     base: dict[str, Any],
@@ -71,7 +88,9 @@ def run_study(
     heartbeat_seconds: float = 15.0,
 ) -> StudyStatus:
     """Run every pending run of the study; returns the final counts. Safe to call again to resume."""
-    store, _ = prepare(study, base, study_dir, retry_failed)
+    store, specs = prepare(study, base, study_dir, retry_failed)
+    pending = {row.id for row in store.rows() if row.status == "pending"}
+    check_data([s for s in specs if s.id in pending])
     owner = owner_id()
     engine: Executor = make_executor(executor, workers=workers, address=address)
     in_flight: dict[Any, str] = {}
