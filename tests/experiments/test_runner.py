@@ -46,6 +46,15 @@ def test_a_failing_run_is_recorded_and_the_study_goes_on(tmp_path) -> None:
     assert "image_size" in failed.error
 
 
+def test_a_diverging_run_is_recorded_as_diverged_and_the_study_goes_on(tmp_path) -> None:
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid={"optim.lr": [0.05, 1e12]}))
+    final = run_study(study, base, tmp_path / "study", executor="sequential")
+    assert final.counts["done"] == 1 and final.counts["diverged"] == 1
+    diverged = next(r for r in open_store(tmp_path / "study").rows() if r.status == "diverged")
+    assert "nan" in diverged.error.lower() or "inf" in diverged.error.lower()
+    assert diverged.metrics["status"] == "diverged"
+
+
 def test_retry_failed_runs_them_again(tmp_path) -> None:
     bad = {"depth": 1, "hidden": 32, "image_size": 10}
     study, base = load_study(write_study(tmp_path / "s.yaml", grid={"model.options": [bad]}, dense_baselines=False))
