@@ -184,11 +184,12 @@ def test_quick_preset_trains_on_real_fashion_mnist(tmp_path) -> None:
         "--format",
         "json",
         "epochs=1",
-        "data.subset=3000",
+        "data.subset=5000",
+        "sparsity=0.5",
         "model.width=0.5",
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["test_size"] == 10_000
-    assert summary["train_size"] == 3000
+    assert summary["train_size"] == 5000
     assert summary["test_accuracy"] > 0.6

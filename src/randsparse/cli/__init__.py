@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Before torch loads OpenMP: idle threads sleep instead of spinning. With the default, torch's
+# threads on a busy 2-core machine spent most of their time spin-waiting (a small CNN trained at
+# 86 images/s against 1 300 with this setting and 3 900 on one thread).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Sequence
 from typing import NoReturn
 

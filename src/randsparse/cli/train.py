@@ -1,10 +1,16 @@
-"""`randsparse train`: one sparse (or dense) run from a YAML config and ``key=value`` overrides."""
+"""`randsparse train`: one sparse (or dense) run from a YAML config and ``key=value`` overrides.
+
+Under torchrun every process runs this command; rank 0 alone prints. ``--nproc N`` starts torchrun
+itself (standalone rendezvous on this machine) with the same arguments.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,6 +20,7 @@ from rich.logging import RichHandler
 from randsparse.errors import ConfigError
 from randsparse.train import Interrupted, RunDir, TrainConfig, apply_overrides, build_config, config_hash, fit
 from randsparse.train.config import read_yaml
+from randsparse.train.distributed import launch_from_env, with_world_size
 
 EXIT_DIVERGED = 1
 EXIT_INTERRUPTED = 130
@@ -36,6 +43,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="where the dataset files are (sets data.root)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
     parser.add_argument("--format", choices=("text", "json"), default="text", help="how to print the summary")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train with N processes on this machine (starts torchrun --standalone --nproc-per-node N);"
+        " data.batch_size is per process",
+    )
     parser.set_defaults(handler=_run_train)
 
 
@@ -45,7 +59,7 @@ def _default_out(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model.name}{width}-{config.data.name}-{kind}-{config_hash(config)[:8]}"
 
 
-def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path, bool]:
+def _resolve(args: argparse.Namespace, world_size: int) -> tuple[TrainConfig, Path, bool]:
     overrides = list(args.overrides)
     if args.data_dir is not None:
         overrides.append(f"data.root={args.data_dir}")
@@ -53,32 +67,66 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path, bool]:
         run = RunDir(args.resume)
         if args.out is not None and Path(args.out) != Path(args.resume):
             raise ConfigError("--resume continues the run in its own directory; --out does not apply")
-        if not run.config_file.is_file():
+        # With --config, a process on another machine than rank 0 resumes without seeing the run directory.
+        if args.config is None and not run.config_file.is_file():
             raise ConfigError(f"nothing to resume in {args.resume!r}: no config.yaml (is it a run directory?)")
         base = read_yaml(args.config) if args.config else read_yaml(run.config_file)
-        return build_config(apply_overrides(base, overrides), args.config or str(run.config_file)), run.path, True
+        config = build_config(apply_overrides(base, overrides), args.config or str(run.config_file))
+        return with_world_size(config, world_size), run.path, True
     if args.config is None:
         raise ConfigError("--config FILE is required (or --resume DIR)")
     config = build_config(apply_overrides(read_yaml(args.config), overrides), args.config)
+    config = with_world_size(config, world_size)  # the identity, and so the default --out, counts the global batch
     return config, Path(args.out) if args.out else _default_out(config), False
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, main: bool = True) -> None:
     root = logging.getLogger("randsparse")
     root.handlers.clear()
     root.addHandler(RichHandler(console=Console(stderr=True), show_path=False, show_time=False))
-    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.setLevel(logging.WARNING if quiet or not main else logging.INFO)
     root.propagate = False
 
 
+def torchrun_command(nproc: int, args: argparse.Namespace) -> list[str]:
+    """The torchrun command line that runs this `train` command in `nproc` processes on this machine."""
+    forwarded: list[str] = []
+    for flag, value in (("--config", args.config), ("--out", args.out), ("--resume", args.resume)):
+        if value is not None:
+            forwarded += [flag, value]
+    if args.data_dir is not None:
+        forwarded += ["--data-dir", args.data_dir]
+    if args.quiet:
+        forwarded.append("--quiet")
+    forwarded += ["--format", args.format, *args.overrides]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*launcher, "-m", "randsparse", "train", *forwarded]
+
+
 def _run_train(args: argparse.Namespace, console: Console) -> int:
-    config, out, resume = _resolve(args)
-    _setup_logging(args.quiet)
+    launch = launch_from_env()
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
+        if launch.world_size > 1:
+            raise ConfigError("--nproc starts torchrun itself; drop it when launching with torchrun")
+    nproc = args.nproc or 1
+    config, out, resume = _resolve(args, max(nproc, launch.world_size))  # refuse a bad config before launching
+    _setup_logging(args.quiet, main=launch.rank == 0)
+    if nproc > 1:
+        command = torchrun_command(nproc, args)
+        logging.getLogger("randsparse").info("starting %d processes: %s", nproc, shlex.join(command))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(command[0], command)
     try:
         summary = fit(config, out, resume=resume, show_progress=not args.quiet and sys.stderr.isatty())
     except Interrupted as exc:
-        print(f"randsparse train: {exc}", file=sys.stderr)
+        if launch.rank == 0:
+            print(f"randsparse train: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if launch.rank != 0:
+        return EXIT_DIVERGED if summary.get("status") == "diverged" else 0
     if args.format == "json":
         print(json.dumps(summary, indent=2))
     else:
@@ -92,8 +140,10 @@ def _print_summary(console: Console, summary: dict, out: Path) -> None:
         return
     best = summary.get("best_val_accuracy")
     best_text = f"best val {best:.4f} (epoch {summary.get('best_epoch')}), " if best is not None else ""
+    world = summary.get("world_size", 1)
+    processes = f" on {world} processes (global batch {summary['global_batch_size']})" if world > 1 else ""
     console.print(
         f"{summary['model']} on {summary['dataset']}, sparsity {summary['sparsity']:g}"
         f" (density {summary['density']:.4f}): {best_text}test accuracy {summary['test_accuracy']:.4f}"
-        f" (last model {summary['test_accuracy_last']:.4f}), {summary['train_seconds']:.0f} s -> {out}"
+        f" (last model {summary['test_accuracy_last']:.4f}), {summary['train_seconds']:.0f} s{processes} -> {out}"
     )

@@ -5,6 +5,11 @@ gradient-scaler states, every RNG state, the position in training (epoch, batch 
 step), the per-epoch history and the best validation result so far, and the identity of the config
 that produced it. Loading refuses a file that is not a randsparse checkpoint, is corrupt, or
 belongs to another config, before anything is changed.
+
+A distributed run's checkpoint is written by rank 0 and is the same file: the model's state dict
+without DDP's ``module.`` prefix (so `load_run`, ``eval`` and a single-process resume read it), rank
+0's RNG states under ``rng``, plus ``world_size`` and every rank's RNG states under ``rank_rng`` (a
+resume with as many processes restores each rank's streams; see docs/distributed.md).
 """
 
 from __future__ import annotations

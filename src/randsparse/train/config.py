@@ -125,6 +125,28 @@ class ScheduleConfig(_Section):
         return value
 
 
+class DistributedConfig(_Section):
+    """How a run is spread over processes (torchrun): where it computes, not what.
+
+    `data.batch_size` is the batch of one process; the run's global batch (what the learning rate is
+    tuned for, and what its identity records) is ``data.batch_size x world_size``.
+    """
+
+    world_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="processes the run trains on; empty: as many as the launcher (torchrun) starts, written"
+        " into the run's config.yaml",
+    )
+    timeout_s: float = Field(
+        default=1800.0, gt=0, description="seconds a collective waits for the other processes before failing"
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(default="auto", description="auto: nccl on CUDA, else gloo")
+    sync_batchnorm: bool = Field(
+        default=False, description="normalise over the global batch (SyncBatchNorm, CUDA only), not each process's"
+    )
+
+
 class TrainConfig(_Section):
     """Everything that defines one training run."""
 
@@ -142,6 +164,9 @@ class TrainConfig(_Section):
     tensorboard: bool = Field(default=False, description="also log to TensorBoard (needs the tensorboard package)")
     eval: EvalConfig = Field(
         default_factory=EvalConfig, description="evaluation of the best model at the end of training"
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="multi-process training (torchrun); see docs/distributed.md"
     )
 
     @field_validator("eval", mode="before")
@@ -178,6 +203,16 @@ class TrainConfig(_Section):
         return self.seed if self.sparsity.seed is None else self.sparsity.seed
 
     @property
+    def world_size(self) -> int:
+        """Processes the run trains on (1 unless `distributed.world_size` says more)."""
+        return self.distributed.world_size or 1
+
+    @property
+    def global_batch_size(self) -> int:
+        """Examples per optimizer step over all processes: `data.batch_size` x `world_size`."""
+        return self.data.batch_size * self.world_size
+
+    @property
     def is_dense(self) -> bool:
         """True when nothing is pruned."""
         return self.sparsity.sparsity == 0.0
@@ -190,12 +225,16 @@ _NOT_IN_IDENTITY: dict[str, Any] = {
     "tensorboard": True,
     "eval": True,  # evaluation reads the trained model; it never changes it
     "data": {"root": True, "download": True, "workers": True, "eval_batch_size": True},
+    # How many processes share the global batch is where a run computes, like `device`; the global
+    # batch itself is hashed (as `data.batch_size`), so 2 x 64 and 1 x 128 are the same experiment.
+    "distributed": True,
 }
 
 
 def config_hash(config: TrainConfig) -> str:
     """Stable 16-hex-digit identity of the options that change a run's result."""
     data = config.model_dump(mode="json", exclude=_NOT_IN_IDENTITY)
+    data["data"]["batch_size"] = config.global_batch_size
     if config.is_dense:  # a dense run is the same run whatever rule it would have pruned with
         data["sparsity"] = {"sparsity": 0.0}
     canonical = json.dumps(data, sort_keys=True)

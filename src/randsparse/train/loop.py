@@ -5,6 +5,10 @@ core's enforcement. Every epoch ends with validation, a checkpoint (atomic) and 
 checkpoint with the best validation accuracy is kept apart, and the test set is touched only at the
 end, to report the best and the last model. Resuming continues exactly where the checkpoint stood:
 the data order of each epoch is a function of (seed, epoch), and every RNG state is restored.
+
+Launched by torchrun, every process runs `fit` with the same arguments (see `distributed.py`): rank 0
+draws the masks and writes the run directory, each process trains on its slice of every global
+batch under DistributedDataParallel, and metrics are summed over the processes.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from randsparse import __version__
+from randsparse.data import SeededIndices
 from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError, RandsparseError
 from randsparse.evaluate.complexity import count_flops, count_params
 from randsparse.evaluate.trained import evaluate_trained
-from randsparse.sparsity import MaskSet, attach, prunable_shapes
+from randsparse.sparsity import MaskSet, attach, masks_from_model, prunable_shapes
 from randsparse.train.checkpoint import (
     Progress,
     load_checkpoint,
@@ -40,6 +45,13 @@ from randsparse.train.checkpoint import (
     scheduler_state,
 )
 from randsparse.train.config import TrainConfig, config_hash
+from randsparse.train.distributed import (
+    Distributed,
+    model_state_tensors,
+    persistent_buffers,
+    session,
+    with_world_size,
+)
 from randsparse.train.optim import build_loss, build_optimizer, build_scheduler
 from randsparse.train.progress import EpochProgress
 from randsparse.train.rundir import RunDir
@@ -49,7 +61,6 @@ from randsparse.train.setup import (
     configure_determinism,
     draw_masks,
     needs_scores,
-    resolve_device,
     score_dataset,
     seed_everything,
 )
@@ -87,6 +98,59 @@ class EpochSampler(Sampler[int]):
         return self.size - self.start
 
 
+class EpochBatchSampler(Sampler[list[int]]):
+    """One process's batches of an epoch: `EpochSampler`'s order cut into global batches, one slice per process.
+
+    A global batch holds ``batch_size x world_size`` items; process `rank` takes its `rank`-th slice
+    of `batch_size`. So the union of the processes' batches at step k is the single-process batch at
+    step k of the same global size, whatever the number of processes. Every batch carries the seed of
+    its augmentation (`SeededIndices`), a function of (seed, epoch, step, rank): a mid-epoch resume
+    replays the same augmentation, with any number of loader workers. Several processes need full
+    global batches (`drop_last`), so that each one's gradient weighs as much as the others'.
+    """
+
+    def __init__(
+        self, order: EpochSampler, batch_size: int, *, drop_last: bool, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if world_size > 1 and not drop_last:
+            raise ValueError("several processes need full global batches: drop_last=True")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.order = order
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.start_step = 0
+
+    @property
+    def global_batch_size(self) -> int:
+        """Items per step over all processes."""
+        return self.batch_size * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in a whole epoch."""
+        size, batch = self.order.size, self.global_batch_size
+        return size // batch if self.drop_last else math.ceil(size / batch)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Batches of epoch `epoch` (0-based), from step `start_step` of it on."""
+        self.start_step = start_step
+        self.order.set_epoch(epoch, min(start_step * self.global_batch_size, self.order.size))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(self.order)
+        batch, first = self.global_batch_size, self.rank * self.batch_size
+        for k in range(len(self)):
+            step = self.start_step + k
+            mine = order[k * batch : (k + 1) * batch][first : first + self.batch_size]
+            yield SeededIndices(mine, seed=_mix(self.order.seed, self.order.epoch, step, self.rank))
+
+    def __len__(self) -> int:
+        return max(self.steps_per_epoch - self.start_step, 0)
+
+
 def _mix(*values: int) -> int:
     """Combine integers into one 63-bit seed (different inputs give unrelated streams)."""
     seed = 0x9E3779B97F4A7C15
@@ -106,11 +170,26 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.devic
     )
 
 
+def _shard(dataset: Dataset, dist: Distributed) -> Dataset:
+    """This process's share of an evaluation set (every `world_size`-th item), or the whole set in one process."""
+    if not dist.active:
+        return dataset
+    return Subset(dataset, range(dist.rank, len(dataset), dist.world_size))  # type: ignore[arg-type]
+
+
 @torch.no_grad()
 def evaluate_accuracy(
-    model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device, amp_dtype: torch.dtype | None
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    dist: Distributed | None = None,
 ) -> dict[str, float]:
-    """Mean loss and top-1 accuracy of `model` over `loader`, in eval mode."""
+    """Mean loss and top-1 accuracy of `model` over `loader`, in eval mode.
+
+    With `dist`, each process passes its shard of the set and the sums are taken over all of them.
+    """
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
@@ -122,6 +201,8 @@ def evaluate_accuracy(
         correct += int((logits.argmax(1) == targets).sum())
         count += targets.numel()
     model.train(was_training)
+    if dist is not None and dist.active:
+        loss_sum, correct, count = dist.sum(torch.tensor([loss_sum, correct, count], dtype=torch.float64))
     return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
 
 
@@ -147,14 +228,44 @@ def _stop_on_signals() -> Iterator[dict[str, str]]:
             signal.signal(s, h)
 
 
+class _RunFiles:
+    """The run directory as one process sees it: rank 0 writes it, the other ranks keep the summary in memory."""
+
+    def __init__(self, run_dir: RunDir, writes: bool) -> None:
+        self.run_dir = run_dir
+        self.writes = writes
+        self._summary: dict[str, Any] = {}
+
+    def write_config(self, config: TrainConfig) -> None:
+        if self.writes:
+            self.run_dir.write_config(config)
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        if self.writes:
+            self.run_dir.write_metrics(history)
+
+    def update_summary(self, **fields: Any) -> dict[str, Any]:
+        if self.writes:
+            return self.run_dir.update_summary(**fields)
+        self._summary.update(fields)
+        return dict(self._summary)
+
+    def save_checkpoint(self, path: Path, payload: dict[str, Any]) -> None:
+        if self.writes:
+            save_checkpoint(path, payload)
+
+
 @dataclass
 class _Run:
     """The live objects of a run."""
 
     config: TrainConfig
     run_dir: RunDir
+    dist: Distributed
+    files: _RunFiles
     device: torch.device
-    model: nn.Module
+    model: nn.Module  # the model itself: its state dict has no DDP "module." prefix
+    net: nn.Module  # what trains: `model`, or `model` in DistributedDataParallel
     masks: MaskSet | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -165,8 +276,9 @@ class _Run:
     identity: str
     writer: Any = None  # TensorBoard SummaryWriter, when asked for
 
-    def checkpoint_payload(self) -> dict[str, Any]:
-        return {
+    def checkpoint_payload(self, rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """What a checkpoint holds; `rank_rng` are the RNG states of every rank, rank 0's first."""
+        payload = {
             "config_hash": self.identity,
             "config": self.config.model_dump(mode="json"),
             "model": self.model.state_dict(),
@@ -174,13 +286,20 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": scheduler_state(self.scheduler),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_states(),
+            "rng": rank_rng[0],
+            "world_size": self.dist.world_size,
             "progress": self.progress.to_dict(),
             "randsparse_version": __version__,
         }
+        if len(rank_rng) > 1:
+            payload["rank_rng"] = rank_rng
+        return payload
 
     def save(self, path: Path) -> None:
-        save_checkpoint(path, self.checkpoint_payload())
+        """Checkpoint to `path` (rank 0 writes; every rank must call it, as it gathers their RNG states)."""
+        rank_rng = self.dist.gather_to_main(rng_states())
+        if rank_rng is not None:
+            self.files.save_checkpoint(path, self.checkpoint_payload(rank_rng))
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -191,20 +310,30 @@ def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _prepare(config: TrainConfig, run_dir: RunDir, model: nn.Module, masks: MaskSet | None, steps: int) -> _Run:
-    device = resolve_device(config.device)
+def _prepare(
+    config: TrainConfig, run_dir: RunDir, model: nn.Module, masks: MaskSet | None, steps: int, dist: Distributed
+) -> _Run:
+    device = dist.device
     amp_dtype = _amp_dtype(config, device)
+    if config.distributed.sync_batchnorm and dist.active:
+        if device.type != "cuda":
+            raise ConfigError("distributed.sync_batchnorm needs CUDA (SyncBatchNorm does not run on the CPU)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     optimizer = build_optimizer(model, config.optim)
     if masks is not None:
         attach(model, masks, optimizer)
+    dist.check_masks(masks_from_model(model))  # what each rank enforces, not what it was sent
     scheduler = build_scheduler(optimizer, config.schedule, steps, config.epochs, config.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return _Run(
         config,
         run_dir,
+        dist,
+        _RunFiles(run_dir, writes=dist.is_main),
         device,
         model,
+        dist.wrap(model),
         masks,
         optimizer,
         scheduler,
@@ -243,47 +372,86 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         reason = str(exc).strip().splitlines()[0]
         raise FileFormatError(f"the checkpoint does not fit this model/config: {reason}") from None
-    restore_rng_states(state["rng"])
+    _restore_rank_rng(run, state)
+
+
+def _restore_rank_rng(run: _Run, state: dict[str, Any]) -> None:
+    """This rank's RNG states from the checkpoint: its own if it was written by as many processes, else reseeded.
+
+    Rank 0 always continues the checkpoint's main stream. With another number of processes the other
+    ranks' streams (dropout, third-party transforms) restart from (seed, rank, step): data order,
+    global batch and schedule still continue exactly, but the result is no longer bit-identical.
+    """
+    saved_world = int(state.get("world_size", 1))
+    if run.dist.is_main and saved_world != run.dist.world_size:
+        log.warning(
+            "resuming a run checkpointed by %d process(es) on %d: ranks other than 0 draw new random streams",
+            saved_world,
+            run.dist.world_size,
+        )
+    if run.dist.is_main:
+        restore_rng_states(state["rng"])
+    elif saved_world == run.dist.world_size and "rank_rng" in state:
+        restore_rng_states(state["rank_rng"][run.dist.rank])
+    else:
+        seed_everything(_mix(run.config.seed, run.dist.rank, run.progress.global_step))
 
 
 def _train_epoch(run: _Run, loader: DataLoader, epoch: int, stop: dict[str, str], bar: EpochProgress) -> dict:
-    """Train one epoch (or its rest, after a mid-epoch resume); returns its train metrics."""
-    config, model, progress = run.config, run.model, run.progress
-    model.train()
+    """Train one epoch (or its rest, after a mid-epoch resume); returns its train metrics.
+
+    Each step sums loss, correct and count over the processes in one reduction that also carries
+    whether any process was asked to stop, so every rank diverges, checkpoints and stops at the same step.
+    """
+    config, progress, dist = run.config, run.progress, run.dist
+    run.net.train()
     sums = dict(progress.partial) or {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
     started = time.perf_counter() - sums["seconds"]
     every = config.checkpoint_every_steps
     for inputs, targets in loader:
-        inputs = inputs.to(run.device, non_blocking=True)
-        targets = targets.to(run.device, non_blocking=True)
-        with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-            logits = model(inputs)
-            loss = run.loss_fn(logits.float(), targets)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise Diverged(f"loss became {loss_value} at epoch {epoch + 1}, step {progress.global_step + 1}")
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        if config.optim.grad_clip is not None:
-            run.scaler.unscale_(run.optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
+        what = f"step {progress.global_step + 1}"
+        with dist.guard(what):
+            inputs = inputs.to(run.device, non_blocking=True)
+            targets = targets.to(run.device, non_blocking=True)
+            with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+                logits = run.net(inputs)
+                loss = run.loss_fn(logits.float(), targets)
+            local = torch.stack(
+                [
+                    loss.detach().double() * targets.numel(),
+                    (logits.argmax(1) == targets).sum().double(),
+                    torch.tensor(float(targets.numel()), dtype=torch.float64, device=loss.device),
+                    torch.tensor(float(bool(stop)), dtype=torch.float64, device=loss.device),
+                ]
+            )
+            loss_sum, correct, count, stops = dist.sum(local, what)
+            if not math.isfinite(loss_sum):
+                raise Diverged(f"loss became {loss_sum / count} at epoch {epoch + 1}, step {progress.global_step + 1}")
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            if config.optim.grad_clip is not None:
+                run.scaler.unscale_(run.optimizer)
+                nn.utils.clip_grad_norm_(run.model.parameters(), config.optim.grad_clip)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
         run.scheduler.step()
         progress.global_step += 1
         progress.batch_in_epoch += 1
-        sums["loss"] += loss_value * targets.numel()
-        sums["correct"] += float((logits.argmax(1) == targets).sum())
-        sums["count"] += targets.numel()
+        sums["loss"] += loss_sum
+        sums["correct"] += correct
+        sums["count"] += count
         sums["seconds"] = time.perf_counter() - started
         bar.advance(sums)
-        if stop or (every and progress.global_step % every == 0):
+        # One process decides alone only when it is alone; several agree through `stops`.
+        stopping = stops > 0 if dist.active else bool(stop)
+        if stopping or (every and progress.global_step % every == 0):
             progress.partial = dict(sums)
             run.save(run.run_dir.last_checkpoint)
-            if stop:
+            if stopping:
                 raise Interrupted(
-                    f"stopped by {stop['signal']} at epoch {epoch + 1}, step {progress.global_step}; checkpoint"
-                    f" saved; continue with: randsparse train --resume {run.run_dir.path}"
+                    f"stopped by {stop.get('signal', 'a signal to another process')} at epoch {epoch + 1}, step"
+                    f" {progress.global_step}; checkpoint saved; continue with: randsparse train --resume"
+                    f" {run.run_dir.path}"
                 )
     progress.partial = {}
     seconds = time.perf_counter() - started
@@ -303,55 +471,103 @@ def fit(
 
     With `resume`, `out_dir` must hold a checkpoint of the same config, and training continues
     from it; otherwise `out_dir` must not hold a run yet, so nothing existing is overwritten.
+
+    Under torchrun every process calls `fit` with the same arguments; `data.batch_size` is then each
+    process's batch, and rank 0 writes `out_dir` and returns the full summary (the other ranks
+    return it without the evaluation suite's results). See docs/distributed.md.
     """
-    run_dir = RunDir(out_dir)
+    with session(config.distributed, config.device) as dist:
+        config = with_world_size(config, dist.world_size)
+        return _fit(config, RunDir(out_dir), dist, resume, show_progress)
+
+
+def _starting_state(run_dir: RunDir, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None for a new run), refusing a run directory that does not fit."""
     if resume:
         if not run_dir.last_checkpoint.is_file():
             raise FileFormatError(f"nothing to resume in {str(run_dir.path)!r}: no checkpoints/last.pt")
-        state = load_checkpoint(run_dir.last_checkpoint)  # refuse a corrupt file before touching anything
-    elif run_dir.has_run():
+        return load_checkpoint(run_dir.last_checkpoint)  # refuse a corrupt file before touching anything
+    if run_dir.has_run():
         raise ConfigError(
             f"{str(run_dir.path)!r} already holds a run; resume it with --resume, or choose another --out"
         )
+    return None
+
+
+def _draw_masks_on_main(
+    config: TrainConfig, model: nn.Module, input_shape: tuple[int, ...], dist: Distributed
+) -> MaskSet | None:
+    """The run's masks, drawn (or scored) once on rank 0 and sent, bit-packed, to every rank."""
+
+    def draw() -> dict[str, Any] | None:
+        score_data = None
+        if needs_scores(config.sparsity):  # saliency scores are taken on un-augmented training images
+            score_data = score_dataset(config.data)
+        masks = draw_masks(config.sparsity, model, config.mask_seed, score_data, input_shape)
+        return masks.state_dict() if masks is not None else None
+
+    packed = dist.from_main(draw, "drawing the masks")
+    return MaskSet.from_state_dict(packed) if packed is not None else None
+
+
+def _train_batches(config: TrainConfig, size: int, dist: Distributed) -> EpochBatchSampler:
+    """This process's batch sampler; several processes take full global batches only."""
+    batch = config.data.batch_size
+    if dist.active:
+        if size < config.global_batch_size:
+            raise ConfigError(
+                f"the training set ({size} examples) is smaller than one global batch ({dist.world_size} processes"
+                f" x data.batch_size {batch}); use fewer processes or a smaller data.batch_size"
+            )
+        drop_last = True
+    else:
+        drop_last = size >= 2 * batch  # full batches (BatchNorm), unless the set is tiny
+    order = EpochSampler(size, config.seed)
+    return EpochBatchSampler(order, batch, drop_last=drop_last, rank=dist.rank, world_size=dist.world_size)
+
+
+def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, show_progress: bool | None) -> dict:
+    state = dist.from_main(lambda: _starting_state(run_dir, resume), "reading the run directory")
     configure_determinism(config.deterministic)
     seed_everything(config.seed)
     data = build_datasets(config.data)
-    model = build_model(config.model, data.info)  # initialised from the run's seed
+    model = build_model(config.model, data.info)  # initialised from the run's seed, the same on every rank
     input_shape = (data.info.channels, data.info.image_size, data.info.image_size)
-    score_data = None
-    if needs_scores(config.sparsity):  # saliency scores are taken on un-augmented training images
-        score_data = score_dataset(config.data)
-    masks = draw_masks(config.sparsity, model, config.mask_seed, score_data, input_shape)
-    batch_size = config.data.batch_size
-    drop_last = len(data.train) >= 2 * batch_size  # full batches (BatchNorm), unless the set is tiny
-    steps = len(data.train) // batch_size if drop_last else math.ceil(len(data.train) / batch_size)
-    run = _prepare(config, run_dir, model, masks, steps)
-    if config.tensorboard:
+    masks = _draw_masks_on_main(config, model, input_shape, dist)
+    batches = _train_batches(config, len(data.train), dist)
+    run = _prepare(config, run_dir, model, masks, batches.steps_per_epoch, dist)
+    if dist.rank > 0:  # rank 0 continues the single-process stream; the others get their own (dropout)
+        seed_everything(_mix(config.seed, dist.rank))
+    if config.tensorboard and dist.is_main:
         run.writer = _tensorboard_writer(run_dir.path / "tensorboard")
-    if resume:
+    if state is not None:
         _restore(run, state)
         log.info("resuming %s at epoch %d, step %d", run_dir.path, run.progress.epoch + 1, run.progress.global_step)
     else:
-        run_dir.write_config(config)
+        run.files.write_config(config)
         log.info("training into %s", run_dir.path)
-    run_dir.write_metrics(run.progress.history)
+    run.files.write_metrics(run.progress.history)
 
     static = _static_summary(run, data, input_shape)
-    run_dir.update_summary(**static, status="running", epochs=run.progress.epoch)
+    run.files.update_summary(**static, status="running", epochs=run.progress.epoch)
 
-    sampler = EpochSampler(len(data.train), config.seed)
-    train_loader = _loader(
-        data.train, batch_size, config.data.workers, run.device, sampler=sampler, drop_last=drop_last,
+    train_loader = DataLoader(
+        data.train,
+        batch_sampler=batches,
+        num_workers=config.data.workers,
+        pin_memory=run.device.type == "cuda",
         generator=torch.Generator(),
-    )  # fmt: skip
+    )
     eval_size = config.data.eval_batch_size
-    val_loader = _loader(data.val, eval_size, config.data.workers, run.device) if data.val is not None else None
-    show = show_progress if show_progress is not None else False
+    val_loader = None
+    if data.val is not None:
+        val_loader = _loader(_shard(data.val, dist), eval_size, config.data.workers, run.device)
+    show = bool(show_progress) and dist.is_main
     try:
         with _stop_on_signals() as stop:
             for epoch in range(run.progress.epoch, config.epochs):
-                sampler.set_epoch(epoch, run.progress.batch_in_epoch * batch_size)
-                train_loader.generator.manual_seed(_mix(config.seed, epoch, run.progress.batch_in_epoch))
+                batches.set_epoch(epoch, run.progress.batch_in_epoch)
+                train_loader.generator.manual_seed(_mix(config.seed, epoch, run.progress.batch_in_epoch, dist.rank))
                 with EpochProgress(epoch + 1, config.epochs, len(train_loader), enabled=show) as bar:
                     row = _train_epoch(run, train_loader, epoch, stop, bar)
                 _finish_epoch(run, epoch, row, val_loader)
@@ -359,20 +575,19 @@ def fit(
     except Diverged as exc:
         status = "diverged"
         log.error("%s; keeping the last good checkpoint", exc)
-        run_dir.update_summary(status=status, error=str(exc), epochs=run.progress.epoch)
-        return run_dir.read_summary()
+        return run.files.update_summary(status=status, error=str(exc), epochs=run.progress.epoch)
     except Interrupted:
         status = "interrupted"
-        run_dir.update_summary(status=status, epochs=run.progress.epoch, train_seconds=run.progress.train_seconds)
+        run.files.update_summary(status=status, epochs=run.progress.epoch, train_seconds=run.progress.train_seconds)
         raise
     except BaseException as exc:
-        run_dir.update_summary(status="failed", error=f"{type(exc).__name__}: {exc}")
+        run.files.update_summary(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if run.writer is not None:
             run.writer.close()
     final = _final_evaluation(run, data, eval_size)
-    return run_dir.update_summary(
+    return run.files.update_summary(
         **final,
         status=status,
         epochs=run.progress.epoch,
@@ -394,7 +609,11 @@ def _tensorboard_writer(path: Path) -> Any:
 def _finish_epoch(run: _Run, epoch: int, row: dict[str, Any], val_loader: DataLoader | None) -> None:
     """Validate, record the epoch, and checkpoint (best first, then last)."""
     progress = run.progress
-    val = evaluate_accuracy(run.model, val_loader, run.loss_fn, run.device, run.amp_dtype) if val_loader else {}
+    # Each rank's BatchNorm statistics saw only its own batches: take rank 0's, the ones the checkpoint holds.
+    run.dist.broadcast_from_main(persistent_buffers(run.model), "the end of the epoch")
+    val = {}
+    if val_loader is not None:
+        val = evaluate_accuracy(run.model, val_loader, run.loss_fn, run.device, run.amp_dtype, run.dist)
     lr = run.optimizer.param_groups[0]["lr"]
     record = {
         "epoch": epoch + 1,
@@ -414,13 +633,15 @@ def _finish_epoch(run: _Run, epoch: int, row: dict[str, Any], val_loader: DataLo
     if improved or val_loader is None:  # without validation, the best model is the last one
         run.save(run.run_dir.best_checkpoint)
     run.save(run.run_dir.last_checkpoint)
-    run.run_dir.write_metrics(progress.history)
-    run.run_dir.update_summary(epochs=progress.epoch, best_val_accuracy=progress.best_val_accuracy)
+    run.files.write_metrics(progress.history)
+    run.files.update_summary(epochs=progress.epoch, best_val_accuracy=progress.best_val_accuracy)
     if run.writer is not None:
         for key, value in record.items():
             if key not in ("epoch", "step") and isinstance(value, (int, float)):
                 run.writer.add_scalar(key, value, epoch + 1)
         run.writer.flush()
+    if not run.dist.is_main:
+        return
     val_text = f", val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if val else ""
     log.info(
         "epoch %d/%d: train loss %.4f acc %.4f%s, %.1f s, %.0f img/s",
@@ -435,17 +656,23 @@ def _finish_epoch(run: _Run, epoch: int, row: dict[str, Any], val_loader: DataLo
 
 
 def _final_evaluation(run: _Run, data: Any, batch_size: int) -> dict[str, Any]:
-    """Test accuracy of the last model and of the best-on-validation model; the eval suite on the best."""
-    loader = _loader(data.test, batch_size, run.config.data.workers, run.device)
-    last = evaluate_accuracy(run.model, loader, run.loss_fn, run.device, run.amp_dtype)
+    """Test accuracy of the last model and of the best-on-validation model; the eval suite on the best.
+
+    The test set is split over the processes; the evaluation suite (calibration, OOD, attacks) runs on
+    rank 0 alone, which writes its files.
+    """
+    dist = run.dist
+    loader = _loader(_shard(data.test, dist), batch_size, run.config.data.workers, run.device)
+    last = evaluate_accuracy(run.model, loader, run.loss_fn, run.device, run.amp_dtype, dist)
     best = last
     current = None
     best_epoch = run.progress.best_epoch or run.progress.epoch
-    if best_epoch != run.progress.epoch:
-        best_state = load_checkpoint(run.run_dir.best_checkpoint)
+    if best_epoch != run.progress.epoch:  # the same decision on every rank: progress is reduced
         current = {k: v.clone() for k, v in run.model.state_dict().items()}
-        run.model.load_state_dict(best_state["model"])
-        best = evaluate_accuracy(run.model, loader, run.loss_fn, run.device, run.amp_dtype)
+        if dist.is_main:
+            run.model.load_state_dict(load_checkpoint(run.run_dir.best_checkpoint)["model"])
+        dist.broadcast_from_main(model_state_tensors(run.model), "loading the best model")
+        best = evaluate_accuracy(run.model, loader, run.loss_fn, run.device, run.amp_dtype, dist)
     result = {
         "test_accuracy": best["accuracy"],
         "test_loss": best["loss"],
@@ -453,7 +680,7 @@ def _final_evaluation(run: _Run, data: Any, batch_size: int) -> dict[str, Any]:
         "test_loss_last": last["loss"],
     }
     options = run.config.eval
-    if options.calibration or options.ood or options.attacks:
+    if dist.is_main and (options.calibration or options.ood or options.attacks):
         identity = f"{run.identity}-best-epoch{best_epoch}"
         result["eval"] = evaluate_trained(
             run.model, run.config.data, data.info, options, out_dir=run.run_dir.path, identity=identity
@@ -464,7 +691,7 @@ def _final_evaluation(run: _Run, data: Any, batch_size: int) -> dict[str, Any]:
 
 
 def _static_summary(run: _Run, data: Any, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """What a run is, known before training: sizes, FLOPs, identity."""
+    """What a run is, known before training: sizes, FLOPs, identity, how many processes share the batch."""
     params = count_params(run.model, run.masks)
     flops = count_flops(run.model, input_shape, run.masks)
     config = run.config
@@ -484,6 +711,9 @@ def _static_summary(run: _Run, data: Any, input_shape: tuple[int, ...]) -> dict[
         "train_size": len(data.train),
         "val_size": len(data.val) if data.val is not None else 0,
         "test_size": len(data.test),
+        "world_size": run.dist.world_size,
+        "batch_size": config.data.batch_size,
+        "global_batch_size": config.global_batch_size,
         "device": str(run.device),
         "host": socket.gethostname(),
         "torch_version": torch.__version__,
