@@ -17,7 +17,7 @@ from randsparse.errors import ConfigError
 @pytest.fixture
 def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Registrations made by a test vanish after it."""
-    monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))
+    monkeypatch.setattr(registry, "_ENTRIES", registry._ENTRIES.copy())
 
 
 def test_a_registered_file_dataset_is_located_and_built(scratch_registry, tmp_path: Path) -> None:

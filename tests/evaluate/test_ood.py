@@ -112,7 +112,7 @@ def test_unknown_score_names_the_known_ones() -> None:
 
 
 def test_a_registered_score_is_available_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ood_module, "_SCORES", dict(ood_module._SCORES))
+    monkeypatch.setattr(ood_module, "_SCORES", ood_module._SCORES.copy())
 
     @register_ood_score("min_logit")
     def min_logit(logits: torch.Tensor, **_: float) -> torch.Tensor:

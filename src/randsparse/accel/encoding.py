@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from randsparse.errors import FileFormatError, UnknownNameError
+from randsparse.registry import Registry
 
 Payload = dict[str, torch.Tensor]
 
@@ -41,16 +42,14 @@ class Codec:
     decode: Callable[[Mapping[str, torch.Tensor], tuple[int, ...], int], np.ndarray]
 
 
-_CODECS: dict[str, Codec] = {}
+_CODECS: Registry[Codec] = Registry("encoding")
 
 
 def register_encoding(name: str) -> Callable[[type], type]:
     """Class decorator adding a codec (a class with static `encode` and `decode`) under `name`."""
 
     def decorate(cls: type) -> type:
-        if name in _CODECS:
-            raise ValueError(f"encoding {name!r} is already registered")
-        _CODECS[name] = Codec(name, cls.encode, cls.decode)
+        _CODECS.add(name, Codec(name, cls.encode, cls.decode))
         return cls
 
     return decorate
@@ -58,15 +57,14 @@ def register_encoding(name: str) -> Callable[[type], type]:
 
 def available_encodings() -> list[str]:
     """Names of the registered encodings (``auto`` picks among them)."""
-    return sorted(_CODECS)
+    return _CODECS.names()
 
 
 def codec(name: str) -> Codec:
     """The codec registered as `name`."""
-    try:
-        return _CODECS[name]
-    except KeyError:
-        raise UnknownNameError("encoding", name, [*_CODECS, "auto"]) from None
+    if name not in _CODECS:
+        raise UnknownNameError("encoding", name, [*_CODECS, "auto"])
+    return _CODECS[name]
 
 
 def payload_bytes(payload: Mapping[str, torch.Tensor]) -> int:

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import torch
 
-from randsparse.errors import ConfigError, UnknownNameError
+from randsparse.errors import ConfigError
+from randsparse.registry import Registry
 
 Origin = Literal["files", "bundled", "generated"]
 SourceSplit = Literal["train", "test"]
@@ -162,7 +163,7 @@ class DatasetEntry:
         return self.factory(**options)
 
 
-_ENTRIES: dict[str, DatasetEntry] = {}
+_ENTRIES: Registry[DatasetEntry] = Registry("dataset")
 
 
 def register_dataset(
@@ -187,11 +188,10 @@ def register_dataset(
     """
 
     def decorate(factory: Factory) -> Factory:
-        if name in _ENTRIES:
-            raise ValueError(f"dataset {name!r} is already registered")
         required = tuple((f,) if isinstance(f, str) else tuple(f) for f in files)
-        _ENTRIES[name] = DatasetEntry(
-            name, factory, origin, tuple(dirnames), required, package, download, how_to_get, bundled_path
+        _ENTRIES.add(
+            name,
+            DatasetEntry(name, factory, origin, tuple(dirnames), required, package, download, how_to_get, bundled_path),
         )
         return factory
 
@@ -200,12 +200,9 @@ def register_dataset(
 
 def available_datasets() -> list[str]:
     """Names of every registered dataset, sorted."""
-    return sorted(_ENTRIES)
+    return _ENTRIES.names()
 
 
 def get_entry(name: str) -> DatasetEntry:
     """The registry entry of `name`; `UnknownNameError` listing the known datasets otherwise."""
-    try:
-        return _ENTRIES[name]
-    except (KeyError, TypeError):
-        raise UnknownNameError("dataset", str(name), list(_ENTRIES)) from None
+    return _ENTRIES[name]

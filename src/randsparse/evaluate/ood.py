@@ -24,28 +24,23 @@ from dataclasses import asdict, dataclass
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_roc
 
-from randsparse.errors import ConfigError, UnknownNameError
+from randsparse.errors import ConfigError
+from randsparse.registry import Registry
 
 OodScore = Callable[..., torch.Tensor]
 
-_SCORES: dict[str, OodScore] = {}
+_SCORES: Registry[OodScore] = Registry("OOD score")
 
 
 def register_ood_score(name: str) -> Callable[[OodScore], OodScore]:
     """Decorator adding a score ``f(logits, **options) -> (N,)`` (higher = in-distribution)."""
 
-    def decorate(score: OodScore) -> OodScore:
-        if name in _SCORES:
-            raise ValueError(f"OOD score {name!r} is already registered")
-        _SCORES[name] = score
-        return score
-
-    return decorate
+    return _SCORES.decorator(name)
 
 
 def available_ood_scores() -> list[str]:
     """Names of every registered OOD score, sorted."""
-    return sorted(_SCORES)
+    return _SCORES.names()
 
 
 @register_ood_score("msp")
@@ -68,10 +63,7 @@ def negative_energy(logits: torch.Tensor, temperature: float = 1.0, **_: float) 
 
 def ood_score(name: str, logits: torch.Tensor, **options: float) -> torch.Tensor:
     """Score `logits` (N × classes) with the registered score `name`."""
-    try:
-        score = _SCORES[name]
-    except KeyError:
-        raise UnknownNameError("OOD score", name, list(_SCORES)) from None
+    score = _SCORES[name]
     if logits.ndim != 2:
         raise ConfigError(f"expected (N, classes) logits, got shape {tuple(logits.shape)}")
     return score(logits, **options)

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -20,10 +21,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from randsparse.errors import ConfigError, RandsparseError
+from randsparse.registry import Registry
 
 log = logging.getLogger(__name__)
-
-EXECUTORS = ("sequential", "local", "ray")
 
 
 @dataclass(frozen=True)
@@ -189,15 +189,22 @@ class RayExecutor:
             self._ray.shutdown()
 
 
+ExecutorFactory = Callable[..., "Executor"]
+_EXECUTORS: Registry[ExecutorFactory] = Registry("executor")
+_EXECUTORS.add("sequential", lambda workers, address, **options: SequentialExecutor())
+_EXECUTORS.add("local", lambda workers, address, **options: LocalExecutor(workers))
+_EXECUTORS.add(
+    "ray",
+    lambda workers, address, **options: RayExecutor(address=address, slots=workers if workers > 1 else None, **options),
+)
+
+
 def make_executor(name: str, workers: int = 1, address: str | None = None, **options: Any) -> Executor:
     """The executor called `name` (sequential, local, ray)."""
-    if name == "sequential":
-        return SequentialExecutor()
-    if name == "local":
-        return LocalExecutor(workers)
-    if name == "ray":
-        return RayExecutor(address=address, slots=workers if workers > 1 else None, **options)
-    raise ConfigError(f"unknown executor {name!r}; known: {', '.join(EXECUTORS)}")
+    return _EXECUTORS[name](workers, address, **options)
+
+
+EXECUTORS: tuple[str, ...] = tuple(_EXECUTORS)
 
 
 def run_dir_of(study_dir: str | Path, run_id: str) -> str:

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from torch import nn
 
-from randsparse.errors import ConfigError, UnknownNameError
+from randsparse.errors import ConfigError
+from randsparse.registry import Registry
 
 ModelBuilder = Callable[..., nn.Module]
 InitMode = Literal["fan_in", "fan_out"]
@@ -17,24 +18,17 @@ InitMode = Literal["fan_in", "fan_out"]
 # Arguments every builder takes and `build` passes itself; the rest are the builder's options.
 _COMMON_ARGUMENTS = ("num_classes", "in_channels")
 
-_BUILDERS: dict[str, ModelBuilder] = {}
+_BUILDERS: Registry[ModelBuilder] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator adding a model builder to the registry under `name`."""
-
-    def decorate(builder: ModelBuilder) -> ModelBuilder:
-        if name in _BUILDERS:
-            raise ValueError(f"model {name!r} is already registered")
-        _BUILDERS[name] = builder
-        return builder
-
-    return decorate
+    return _BUILDERS.decorator(name)
 
 
 def available_models() -> list[str]:
     """Names of every registered model, sorted."""
-    return sorted(_BUILDERS)
+    return _BUILDERS.names()
 
 
 def model_options(name: str) -> list[str]:
@@ -42,11 +36,7 @@ def model_options(name: str) -> list[str]:
 
     Callers pass an option such as `image_size` only to models that list it.
     """
-    try:
-        builder = _BUILDERS[name]
-    except KeyError:
-        raise UnknownNameError("model", name, list(_BUILDERS)) from None
-    return [p for p in inspect.signature(builder).parameters if p not in _COMMON_ARGUMENTS]
+    return [p for p in inspect.signature(_BUILDERS[name]).parameters if p not in _COMMON_ARGUMENTS]
 
 
 def build(name: str, num_classes: int = 10, in_channels: int = 3, **options: Any) -> nn.Module:

@@ -20,12 +20,13 @@ from typing import Any
 
 import yaml
 
-from randsparse.errors import ConfigError, InfeasibleBudgetError, UnknownNameError
+from randsparse.errors import ConfigError, InfeasibleBudgetError
+from randsparse.registry import Registry
 from randsparse.sparsity.layers import Shape, names_matching
 
 DensityRule = Callable[..., dict[str, float]]
 
-_RULES: dict[str, DensityRule] = {}
+_RULES: Registry[DensityRule] = Registry("distribution")
 
 # Relative slack when checking a budget identity computed in floating point.
 _REL_TOL = 1e-9
@@ -33,27 +34,17 @@ _REL_TOL = 1e-9
 
 def register_distribution(name: str) -> Callable[[DensityRule], DensityRule]:
     """Decorator adding a density rule to the registry under `name`."""
-
-    def decorate(rule: DensityRule) -> DensityRule:
-        if name in _RULES:
-            raise ValueError(f"distribution {name!r} is already registered")
-        _RULES[name] = rule
-        return rule
-
-    return decorate
+    return _RULES.decorator(name)
 
 
 def available_distributions() -> list[str]:
     """Names of every registered density rule, sorted."""
-    return sorted(_RULES)
+    return _RULES.names()
 
 
 def get_distribution(name: str) -> DensityRule:
     """The density rule registered under `name`."""
-    try:
-        return _RULES[name]
-    except KeyError:
-        raise UnknownNameError("distribution", name, list(_RULES)) from None
+    return _RULES[name]
 
 
 def distribution_options(name: str) -> list[str]:

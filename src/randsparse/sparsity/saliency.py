@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset, default_collate
 
-from randsparse.errors import ConfigError, UnknownNameError
+from randsparse.errors import ConfigError
+from randsparse.registry import Registry
 from randsparse.sparsity.distributions import DensityRule, check_density, register_distribution
 from randsparse.sparsity.layers import PrunableSelector, Shape, owning_module, prunable_parameters
 from randsparse.sparsity.masks import kept_count, seed_from
@@ -91,16 +92,14 @@ class _Scorer:
     needs_data: bool
 
 
-_SCORERS: dict[str, _Scorer] = {}
+_SCORERS: Registry[_Scorer] = Registry("scorer")
 
 
 def register_scorer(name: str, *, needs_data: bool) -> Callable[[ScorerFn], ScorerFn]:
     """Decorator adding a scorer under `name`, and its ratio distribution ``<name>_ratio``."""
 
     def decorate(fn: ScorerFn) -> ScorerFn:
-        if name in _SCORERS:
-            raise ValueError(f"scorer {name!r} is already registered")
-        _SCORERS[name] = _Scorer(name, fn, needs_data)
+        _SCORERS.add(name, _Scorer(name, fn, needs_data))
         register_distribution(name + RATIO_SUFFIX)(_ratio_rule(name))
         return fn
 
@@ -109,14 +108,11 @@ def register_scorer(name: str, *, needs_data: bool) -> Callable[[ScorerFn], Scor
 
 def available_scorers() -> list[str]:
     """Names of every registered scorer, sorted."""
-    return sorted(_SCORERS)
+    return _SCORERS.names()
 
 
 def _get_scorer(name: str) -> _Scorer:
-    try:
-        return _SCORERS[name]
-    except KeyError:
-        raise UnknownNameError("scorer", name, list(_SCORERS)) from None
+    return _SCORERS[name]
 
 
 def scorer_options(name: str) -> list[str]:

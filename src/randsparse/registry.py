@@ -1,0 +1,60 @@
+"""`Registry`: the named entries of one extension point (models, distributions, datasets, ...).
+
+Every extension point of randsparse is one `Registry`: entries are added once under a name, and a
+lookup of an unknown name is an `UnknownNameError` that lists the known ones, worded alike everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from randsparse.errors import UnknownNameError
+
+T = TypeVar("T")
+F = TypeVar("F")
+
+
+class Registry(Generic[T]):
+    """Entries of one `kind` (used in error messages, e.g. ``"model"``) by name."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def add(self, name: str, entry: T) -> None:
+        """Register `entry` under `name`; a name can be taken only once."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = entry
+
+    def decorator(self, name: str) -> Callable[[F], F]:
+        """A decorator registering the decorated object itself under `name`."""
+
+        def decorate(entry: F) -> F:
+            self.add(name, entry)  # type: ignore[arg-type]
+            return entry
+
+        return decorate
+
+    def __getitem__(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise UnknownNameError(self.kind, str(name), list(self._entries)) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def copy(self) -> Registry[T]:
+        """An independent registry with the same entries (e.g. to add entries in a test only)."""
+        twin: Registry[T] = Registry(self.kind)
+        twin._entries = dict(self._entries)
+        return twin
+
+    def names(self) -> list[str]:
+        """Every registered name, sorted."""
+        return sorted(self._entries)
