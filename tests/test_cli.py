@@ -13,18 +13,9 @@ import pytest
 
 from randsparse.cli import main
 from randsparse.sparsity.masks import kept_count
+from tests._cli import run
 
 RESNET20_CONV1_ERK_095 = 0.4748  # ERK density of resnet20's first conv at sparsity 0.95
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the CLI in-process: exit code (argparse errors exit via SystemExit), stdout, stderr."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def plan_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:

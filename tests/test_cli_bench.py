@@ -6,20 +6,11 @@ import json
 
 import pytest
 
-from randsparse.cli import main
+from tests._cli import run
 
 TINY = ["--model", "mlp", "--width", "0.05", "--image-size", "6", "--repeats", "1", "--warmup", "0"]
 JSON_KEYS = {"sparsity", "batch", "dense_ms", "masked_ms", "sparse_ms", "speedup", "ideal_speedup"}
 JSON_KEYS |= {"dense_bytes", "sparse_bytes"}
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_bench_json_is_a_list_of_rows_with_the_documented_keys(capsys) -> None:

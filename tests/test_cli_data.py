@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from randsparse.cli import main
 from randsparse.data import lookup
+from tests._cli import run
 from tests.data.writers import write_mnist_dir
 
 
@@ -20,15 +20,6 @@ def empty_world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setattr(lookup, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return tmp_path / "system"
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def listing(argv: list[str], capsys) -> dict[str, dict]:
