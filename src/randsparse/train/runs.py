@@ -11,12 +11,11 @@ from torch import nn
 
 from randsparse import data as datasets
 from randsparse.errors import FileFormatError, MaskMismatchError
-from randsparse.models import model_options
 from randsparse.sparsity import MaskSet, prunable_shapes
 from randsparse.train.checkpoint import load_checkpoint
 from randsparse.train.config import TrainConfig, config_hash
 from randsparse.train.rundir import RunDir
-from randsparse.train.setup import build_model
+from randsparse.train.setup import build_model, model_spec
 
 
 @dataclass
@@ -38,19 +37,7 @@ class LoadedRun:
 
     def model_spec(self) -> dict[str, Any]:
         """What `randsparse.models.build` needs to rebuild the architecture."""
-        options = dict(self.config.model.options)
-        if self.config.model.width is not None:
-            options["width"] = self.config.model.width
-        if self.config.model.depth is not None:
-            options["depth"] = self.config.model.depth
-        if "image_size" in model_options(self.config.model.name) and "image_size" not in options:
-            options["image_size"] = self.info.image_size
-        return {
-            "name": self.config.model.name,
-            "num_classes": self.info.num_classes,
-            "in_channels": self.info.channels,
-            "options": options,
-        }
+        return model_spec(self.config.model, self.info)
 
 
 def load_run(run_dir: str | Path, which: Literal["best", "last"] = "best") -> LoadedRun:

@@ -97,8 +97,12 @@ def score_dataset(config: Any) -> Dataset:
     return _train_split(config, augment=False)
 
 
-def build_model(config: Any, info: Any) -> nn.Module:
-    """The model of a `ModelConfig`, shaped for the dataset described by `info`."""
+def model_spec(config: Any, info: Any) -> dict[str, Any]:
+    """What `randsparse.models.build` takes to make a `ModelConfig`'s model for data like `info`.
+
+    ``{"name", "num_classes", "in_channels", "options"}``; `image_size` is passed to the builders
+    that take it (an MLP's input size) unless the config sets it.
+    """
     options = dict(config.options)
     if config.width is not None:
         options["width"] = config.width
@@ -106,7 +110,15 @@ def build_model(config: Any, info: Any) -> nn.Module:
         options["depth"] = config.depth
     if "image_size" in model_options(config.name) and "image_size" not in options:
         options["image_size"] = info.image_size
-    return build_registered_model(config.name, num_classes=info.num_classes, in_channels=info.channels, **options)
+    return {"name": config.name, "num_classes": info.num_classes, "in_channels": info.channels, "options": options}
+
+
+def build_model(config: Any, info: Any) -> nn.Module:
+    """The model of a `ModelConfig`, shaped for the dataset described by `info`."""
+    spec = model_spec(config, info)
+    return build_registered_model(
+        spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"]
+    )
 
 
 def draw_masks(
