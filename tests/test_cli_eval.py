@@ -85,3 +85,11 @@ def test_bad_eval_options_exit_2_with_one_line(trained, args, fragment) -> None:
 def test_eval_of_a_directory_that_is_not_a_run_exits_2(tmp_path) -> None:
     result = _eval(str(tmp_path))
     assert result.returncode == 2 and "not a run directory" in result.stderr
+
+
+def test_the_last_checkpoint_is_recorded_apart_from_the_best(trained) -> None:
+    result = _eval(str(trained), "--which", "last", "--no-calibration", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["eval_last"]["accuracy"] == json.loads(result.stdout)["accuracy"]
+    assert "ece" in summary["eval"]  # the best model's results stand

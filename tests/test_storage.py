@@ -37,3 +37,20 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, mon
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
+
+
+def test_written_files_get_the_umask_permissions_not_mkstemps(tmp_path) -> None:
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "f", b"x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+
+
+def test_writing_over_a_directory_is_refused_with_its_name(tmp_path) -> None:
+    with pytest.raises(IsADirectoryError) as info:
+        atomic_write_bytes(tmp_path, b"x")
+    assert info.value.filename == str(tmp_path)

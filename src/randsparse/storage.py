@@ -7,6 +7,7 @@ directory.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -16,13 +17,23 @@ from typing import Any
 import torch
 
 
+def _new_file_mode() -> int:
+    """Permissions of a new file under the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` atomically (temp file, fsync, rename, fsync of the directory)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), _new_file_mode())  # as `open` would have made it, not mkstemp's 0600
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -101,3 +101,47 @@ def test_summary_table_without_dense_baseline_has_no_gap() -> None:
     )
     table = summary_table(frame)
     assert math.isnan(table["gap_to_dense"].iloc[0])
+
+
+def test_runs_that_differ_in_another_grid_key_are_not_averaged_together(tmp_path) -> None:
+    store = ResultsStore(tmp_path / "results.sqlite")
+    specs = []
+    for lr in (0.05, 0.0001):
+        for sparsity in (0.0, 0.5):
+            spec = {**_spec(1.0, sparsity, "erk", 0), "optim": {"lr": lr}}
+            specs.append((f"lr{lr}-s{sparsity}", spec, {"optim.lr": lr, "sparsity": sparsity}))
+    store.sync(specs, {"name": "lr"})
+    while (row := store.claim("h:1")) is not None:
+        store.finish(row.id, "done", {"test_accuracy": 0.9 if "lr0.05" in row.id else 0.3})
+    table = write_report(store, tmp_path / "report").table
+    sparse = table[table["sparsity"] == 0.5].set_index("variant")
+    assert sparse.loc["optim.lr=0.05", "mean"] == pytest.approx(0.9)
+    assert sparse.loc["optim.lr=0.0001", "mean"] == pytest.approx(0.3)
+    assert (sparse["seeds"] == 1).all()
+    assert sparse["gap_to_dense"].abs().max() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("model", "depth", "width"),
+    [
+        ({"name": "wrn28_10"}, 28, 10.0),
+        ({"name": "wide_resnet50_2"}, 50, 2.0),
+        ({"name": "resnet56", "width": 2.0}, 56, 2.0),
+        ({"name": "cifar_resnet", "depth": 32, "width": 0.5}, 32, 0.5),
+        ({"name": "small_cnn"}, None, 1.0),
+    ],
+)
+def test_model_size_is_read_from_knobs_or_the_name(model, depth, width) -> None:
+    from randsparse.experiments.report import _depth_and_width
+
+    assert _depth_and_width(model) == (depth, width)
+
+
+def test_mask_mode_runs_are_labelled_apart_from_random_ratio_runs(tmp_path) -> None:
+    store = ResultsStore(tmp_path / "results.sqlite")
+    spec_random = _spec(1.0, 0.5, "snip_ratio", 0)
+    spec_pruned = {**spec_random, "sparsity": {"sparsity": 0.5, "distribution": "snip_ratio", "prune": "snip"}}
+    store.sync([("random", spec_random, {}), ("pruned", spec_pruned, {})], {})
+    while (row := store.claim("h:1")) is not None:
+        store.finish(row.id, "done", {"test_accuracy": 0.5})
+    assert set(write_report(store, tmp_path / "r").table["distribution"]) == {"snip_ratio", "snip (pruned)"}

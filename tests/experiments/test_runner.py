@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,75 @@ def test_killed_study_resumes_without_duplicate_or_missing_runs(tmp_path) -> Non
     for row in rows:
         metrics = [json.loads(x) for x in (study_dir / "runs" / row.id / "metrics.jsonl").read_text().splitlines()]
         assert [m["epoch"] for m in metrics] == [1, 2, 3]
+
+
+def _study_command(path, study_dir, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "randsparse", "study", str(path), "--out", str(study_dir), "--quiet", *extra]
+
+
+def _wait_until(predicate, process, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _counts(study_dir) -> dict[str, int]:
+    if not (study_dir / "results.sqlite").exists():
+        return {"running": 0, "done": 0}
+    return open_store(study_dir).counts()
+
+
+def test_ctrl_c_stops_a_sequential_study_and_hands_the_run_back(tmp_path) -> None:
+    path = write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5, 0.9], "seed": [0, 1]})
+    study_dir = tmp_path / "study"
+    process = subprocess.Popen(
+        _study_command(path, study_dir, "--executor", "sequential", "epochs=20"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_until(lambda: any((study_dir / "runs").glob("*/checkpoints/last.pt")), process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    counts = open_store(study_dir).counts()
+    assert counts["running"] == 0 and counts["failed"] == 0
+    assert counts["done"] == 0, "no run may start after Ctrl-C"
+
+
+def test_a_dead_local_worker_is_replaced_and_its_run_resumes(tmp_path) -> None:
+    path = write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5, 0.9], "seed": [0, 1]})
+    expected = {s.id for s in expand(*load_study(path, ["epochs=4"]))}
+    study_dir = tmp_path / "study"
+    process = subprocess.Popen(
+        _study_command(path, study_dir, "--workers", "2", "epochs=4"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_until(lambda: _counts(study_dir)["running"] == 2, process)
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+    assert workers, "no worker process found"
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    rows = open_store(study_dir).rows()
+    assert {r.id for r in rows} == expected
+    assert all(r.status == "done" and r.completions == 1 for r in rows)
+
+
+def test_ctrl_c_to_the_study_process_alone_stops_its_local_workers(tmp_path) -> None:
+    path = write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5, 0.9], "seed": [0, 1]})
+    study_dir = tmp_path / "study"
+    process = subprocess.Popen(
+        _study_command(path, study_dir, "--workers", "2", "epochs=50"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_until(lambda: len(list((study_dir / "runs").glob("*/checkpoints/last.pt"))) >= 2, process)
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert time.monotonic() - started < 60, "the workers' runs were waited for instead of stopped"
+    counts = open_store(study_dir).counts()
+    assert counts["running"] == 0 and counts["failed"] == 0

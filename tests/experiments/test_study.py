@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, UnknownNameError
 from randsparse.experiments import expand, load_study
 from tests.experiments._studies import TINY_BASE, write_study
 
@@ -92,3 +92,13 @@ def test_quickstart_is_three_widths_two_sparsities_two_rules_and_dense_baselines
     assert {s.config.data.name for s in specs} == {"fashion_mnist"}
     assert {s.config.model.width for s in specs} == {0.25, 0.5, 1.0}
     assert {s.config.sparsity.distribution for s in specs if not s.is_dense} == {"erk", "uniform"}
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [({"model.name": ["nonet"]}, "unknown model 'nonet'"), ({"sparsity.distribution": ["bogus"]}, "bogus")],
+)
+def test_unknown_model_or_distribution_in_a_grid_fails_at_expansion(tmp_path, grid, message) -> None:
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5], **grid}))
+    with pytest.raises(UnknownNameError, match=message):
+        expand(study, base)

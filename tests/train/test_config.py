@@ -181,3 +181,17 @@ def test_prune_is_the_ratio_rule_in_mask_mode() -> None:
     assert config.sparsity.distribution == "snip_ratio"
     with pytest.raises(ConfigError, match="drop distribution=er"):
         build_config(apply_overrides(BASE, ["sparsity=0.9", "sparsity.prune=snip", "sparsity.distribution=er"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("optim.betas=[2, 0.9]", "optim.betas"),
+        ("schedule.milestones=[.nan]", "milestones"),
+        ("schedule.warmup_epochs=20", "warmup_epochs"),
+        ("schedule.min_lr=1.0", "min_lr"),
+    ],
+)
+def test_inconsistent_optimizer_and_schedule_values_are_refused(override: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        build_config(apply_overrides(BASE, [override]))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from randsparse.errors import ConfigError, FileFormatError
+from randsparse.errors import ConfigError, FileFormatError, RandsparseError
 from randsparse.sparsity import MaskSet, prunable_shapes
 from randsparse.train import Interrupted, RunDir, config_hash, fit, load_run
 from randsparse.train.checkpoint import load_checkpoint
@@ -261,3 +261,59 @@ def test_evaluation_options_in_the_config_run_at_the_end_of_training(tmp_path) -
 def test_eval_false_skips_the_evaluation_suite(tmp_path) -> None:
     summary = fit(tiny_config("epochs=1", "eval=false"), tmp_path / "run")
     assert "eval" not in summary
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, tiny) -> None:
+    out = tmp_path / "run"
+    RunDir(out).write_config(tiny)  # what a run killed in its first epoch leaves behind
+    assert fit(tiny, out, resume=True)["status"] == "completed"
+    fresh = tmp_path / "again"
+    RunDir(fresh).write_config(tiny)
+    assert fit(tiny, fresh)["status"] == "completed"
+
+
+def test_a_directory_holding_another_config_without_checkpoint_is_refused(tmp_path, tiny) -> None:
+    out = tmp_path / "run"
+    RunDir(out).write_config(tiny_config("optim.lr=0.5"))
+    before = (out / "config.yaml").read_bytes()
+    with pytest.raises(ConfigError, match="holds another run"):
+        fit(tiny, out)
+    assert (out / "config.yaml").read_bytes() == before
+
+
+def test_an_unknown_or_missing_ood_set_fails_before_training(tmp_path) -> None:
+    with pytest.raises(RandsparseError, match="nosuchset"):
+        fit(tiny_config("eval.ood=[nosuchset]"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_that_cannot_take_the_inputs_fails_before_anything_is_written(tmp_path) -> None:
+    # A VGG's four 2x2 poolings need inputs of at least 16x16: 4x4 images are far too small.
+    config = tiny_config("model.name=vgg11", "data.options.image_size=4")
+    with pytest.raises(ConfigError, match=r"cannot take this dataset's inputs of shape \(1, 4, 4\)"):
+        fit(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_with_broken_rng_states_is_refused(tmp_path) -> None:
+    config = tiny_config("epochs=2", "checkpoint_every_steps=3")
+    import randsparse.train.loop as loop
+
+    original = loop._finish_epoch
+
+    def stop_after_first_epoch(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    loop._finish_epoch = stop_after_first_epoch
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(config, tmp_path / "run")
+    finally:
+        loop._finish_epoch = original
+    path = tmp_path / "run/checkpoints/last.pt"
+    state = torch.load(path, weights_only=True)
+    state["rng"] = {}
+    torch.save(state, path)
+    with pytest.raises(FileFormatError, match="does not fit"):
+        fit(config, tmp_path / "run", resume=True)

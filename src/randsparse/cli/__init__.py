@@ -25,6 +25,7 @@ from randsparse import __version__
 from randsparse.errors import RandsparseError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 # Modules of this package that each add one subcommand.
 SUBCOMMANDS: tuple[str, ...] = ("plan", "train", "eval", "study", "report", "export", "bench", "data")
@@ -63,9 +64,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RandsparseError as exc:
         print(f"randsparse {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"randsparse {args.command}: interrupted; run the same command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into e.g. `head`: stop quietly, as Unix tools do
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A path the user gave that cannot be read or written (a file where a folder should be, ...).
+        print(f"randsparse {args.command}: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate a trained run: calibration, OOD detection, adversarial robustness",
         description=(
-            "Evaluate the best (or last) checkpoint of RUN_DIR and add the results to the `eval` section of"
-            " its summary.json. Options default to the run config's `eval:` section; flags override them."
+            "Evaluate the best (or last) checkpoint of RUN_DIR and add the results to the `eval` (or `eval_last`)"
+            " section of its summary.json. Options default to the run config's `eval:` section; flags override them."
         ),
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="directory a `randsparse train` wrote")
@@ -74,10 +74,12 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
     result = evaluate_trained(
         loaded.model.to(device), data_config, loaded.info, options, out_dir=loaded.run_dir.path, identity=identity
     )
+    # The best model's results live under `eval` (as training writes them), the last model's under `eval_last`.
+    key = "eval" if args.which == "best" else "eval_last"
     summary = loaded.run_dir.read_summary()
-    summary = loaded.run_dir.update_summary(eval={**(summary.get("eval") or {}), **result, "checkpoint": args.which})
+    summary = loaded.run_dir.update_summary(**{key: {**(summary.get(key) or {}), **result}})
     if args.format == "json":
-        print(json.dumps(summary["eval"], indent=2))
+        print(json.dumps(summary[key], indent=2))
         return 0
     table = Table(title=f"{loaded.run_dir.path} ({args.which} checkpoint, epoch {loaded.epoch})", title_justify="left")
     table.add_column("metric")

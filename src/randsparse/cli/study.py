@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from randsparse.errors import ConfigError
 from randsparse.experiments import EXECUTORS, StudyStatus, load_study, run_study
 
 
@@ -30,6 +31,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--executor", choices=EXECUTORS, default="local", help="where runs execute (default local)")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (local: worker processes)")
     parser.add_argument("--address", help="ray: address of an existing cluster (default: start a local one)")
+    parser.add_argument("--cpus-per-run", type=float, help="ray: CPUs each run reserves (default 1)")
+    parser.add_argument("--gpus-per-run", type=float, help="ray: GPUs each run reserves (default 0)")
     parser.add_argument("--retry-failed", action="store_true", help="run failed and diverged runs again")
     parser.add_argument("--data-dir", metavar="DIR", help="where the dataset files are (sets data.root)")
     parser.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
@@ -67,9 +70,20 @@ def _run_study(args: argparse.Namespace, console: Console) -> int:
         stats = f"{counts['done']} done, {status.running} running, {counts['failed'] + counts['diverged']} failed{eta}"
         progress.update(task, total=status.total, completed=finished, stats=stats)
 
+    resources = {k: v for k, v in (("cpus_per_run", args.cpus_per_run), ("gpus_per_run", args.gpus_per_run)) if v}
+    if resources and args.executor != "ray":
+        raise ConfigError("--cpus-per-run and --gpus-per-run apply to --executor ray")
     with progress:
         final = run_study(
-            study, base, out, args.executor, args.workers, args.retry_failed, args.address, on_progress=show
+            study,
+            base,
+            out,
+            args.executor,
+            args.workers,
+            args.retry_failed,
+            args.address,
+            on_progress=show,
+            **resources,
         )
     counts = final.counts
     console.print(

@@ -136,7 +136,12 @@ def _run_train(args: argparse.Namespace, console: Console) -> int:
 
 def _print_summary(console: Console, summary: dict, out: Path) -> None:
     if summary.get("status") == "diverged":
-        console.print(f"[red]diverged[/red]: {summary.get('error')}; last good checkpoint kept in {out}")
+        kept = (
+            f"last good checkpoint (epoch {summary.get('epochs')}) kept in {out}"
+            if (out / "checkpoints" / "last.pt").is_file()
+            else "no checkpoint was written before it"
+        )
+        console.print(f"[red]diverged[/red]: {summary.get('error')}; {kept}")
         return
     best = summary.get("best_val_accuracy")
     best_text = f"best val {best:.4f} (epoch {summary.get('best_epoch')}), " if best is not None else ""

@@ -7,14 +7,17 @@ holds a checkpoint (a run cut off earlier) is resumed, never started over.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -31,10 +34,12 @@ class Outcome:
     """What became of one run: a store status, its summary, and the error text if any."""
 
     run_id: str
-    status: str  # done, failed, diverged, or pending (interrupted: hand it back)
+    status: str  # done, failed, diverged, or pending (hand it back: interrupted, or its worker died)
     metrics: dict[str, Any] | None
     error: str | None
     seconds: float
+    interrupted: bool = False  # stopped by a signal (Ctrl-C): the study should stop too
+    worker_died: bool = False  # the process running it died (killed, out of memory)
 
 
 def execute_run(run_id: str, config: dict[str, Any], run_dir: str, threads: int | None = None) -> Outcome:
@@ -47,13 +52,13 @@ def execute_run(run_id: str, config: dict[str, Any], run_dir: str, threads: int 
         torch.set_num_threads(threads)
     started = time.perf_counter()
     try:
-        resume = RunDir(run_dir).last_checkpoint.is_file()
-        summary = fit(build_config(config), run_dir, resume=resume)
+        # A directory with a run in it is continued (or, stopped before its first checkpoint, restarted).
+        summary = fit(build_config(config), run_dir, resume=RunDir(run_dir).has_run())
         status = {"completed": "done", "diverged": "diverged"}.get(summary.get("status", ""), "failed")
         error = summary.get("error") if status != "done" else None
         return Outcome(run_id, status, summary, error, time.perf_counter() - started)
     except Interrupted as exc:
-        return Outcome(run_id, "pending", None, str(exc), time.perf_counter() - started)
+        return Outcome(run_id, "pending", None, str(exc), time.perf_counter() - started, interrupted=True)
     except RandsparseError as exc:
         return Outcome(run_id, "failed", None, f"{type(exc).__name__}: {exc}", time.perf_counter() - started)
     except Exception as exc:  # a bug in a run must not stop the study; keep its traceback in the store
@@ -74,7 +79,10 @@ class Executor(Protocol):
         """The handles that finished within `timeout` seconds, with their outcomes."""
 
     def shutdown(self) -> None:
-        """Stop everything still running and release resources."""
+        """Wait for what still runs, then release resources."""
+
+    def interrupt(self) -> None:
+        """Ask every running run to stop now (they checkpoint and hand themselves back)."""
 
 
 class SequentialExecutor:
@@ -96,6 +104,9 @@ class SequentialExecutor:
 
     def shutdown(self) -> None:
         self._done.clear()
+
+    def interrupt(self) -> None:
+        """Nothing to do: a run in this process gets the signal itself."""
 
 
 def _worker_init(threads: int, parent: int) -> None:
@@ -121,15 +132,23 @@ class LocalExecutor:
             raise ConfigError(f"--workers must be at least 1, got {workers}")
         self.slots = workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.slots,
             mp_context=get_context("spawn"),
             initializer=_worker_init,
             initargs=(self.threads, os.getpid()),
         )
 
     def submit(self, run_id: str, config: dict[str, Any], run_dir: str) -> Future:
-        future = self._pool.submit(execute_run, run_id, config, run_dir, self.threads)
+        try:
+            future = self._pool.submit(execute_run, run_id, config, run_dir, self.threads)
+        except BrokenProcessPool:  # a worker died earlier and took the pool down: start a fresh one
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            future = self._pool.submit(execute_run, run_id, config, run_dir, self.threads)
         future.run_id = run_id  # type: ignore[attr-defined]  (named in the outcome if the worker dies)
         return future
 
@@ -139,13 +158,20 @@ class LocalExecutor:
         for future in done:
             try:
                 results.append((future, future.result()))
-            except Exception as exc:  # the worker process itself died (killed, out of memory)
+            except Exception as exc:  # a worker process died (killed, out of memory): the pool broke
                 run_id = getattr(future, "run_id", "?")
-                results.append((future, Outcome(run_id, "failed", None, f"worker died: {exc!r}", 0.0)))
+                error = f"its worker process died ({type(exc).__name__})"
+                results.append((future, Outcome(run_id, "pending", None, error, 0.0, worker_died=True)))
         return results
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def interrupt(self) -> None:
+        """Send each worker the Ctrl-C it may not have had (a signal to the study process alone)."""
+        for process in list(getattr(self._pool, "_processes", {}).values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGINT)
 
 
 class RayExecutor:
@@ -170,9 +196,12 @@ class RayExecutor:
         self.slots = slots or max(1, int(cluster_cpus // cpus_per_run))
         self.threads = max(1, int(cpus_per_run))
         self._task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(execute_run)
+        self._run_ids: dict[Any, str] = {}
 
     def submit(self, run_id: str, config: dict[str, Any], run_dir: str) -> Any:
-        return self._task.remote(run_id, config, run_dir, self.threads)
+        ref = self._task.remote(run_id, config, run_dir, self.threads)
+        self._run_ids[ref] = run_id
+        return ref
 
     def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, Outcome]]:
         ready, _ = self._ray.wait(handles, num_returns=1, timeout=timeout)
@@ -180,9 +209,18 @@ class RayExecutor:
         for ref in ready:
             try:
                 results.append((ref, self._ray.get(ref)))
+                self._run_ids.pop(ref, None)
             except Exception as exc:  # the task's worker died
-                results.append((ref, Outcome("?", "failed", None, f"ray task died: {exc!r}", 0.0)))
+                error = f"its Ray worker died ({type(exc).__name__})"
+                outcome = Outcome(self._run_ids.pop(ref, "?"), "pending", None, error, 0.0, worker_died=True)
+                results.append((ref, outcome))
         return results
+
+    def interrupt(self) -> None:
+        """Cancel the running tasks (Ray raises KeyboardInterrupt in them: they checkpoint and stop)."""
+        for ref in list(self._run_ids):
+            with contextlib.suppress(Exception):
+                self._ray.cancel(ref)
 
     def shutdown(self) -> None:
         if self._started_here:
@@ -191,8 +229,8 @@ class RayExecutor:
 
 ExecutorFactory = Callable[..., "Executor"]
 _EXECUTORS: Registry[ExecutorFactory] = Registry("executor")
-_EXECUTORS.add("sequential", lambda workers, address, **options: SequentialExecutor())
-_EXECUTORS.add("local", lambda workers, address, **options: LocalExecutor(workers))
+_EXECUTORS.add("sequential", lambda workers, address: SequentialExecutor())
+_EXECUTORS.add("local", lambda workers, address: LocalExecutor(workers))
 _EXECUTORS.add(
     "ray",
     lambda workers, address, **options: RayExecutor(address=address, slots=workers if workers > 1 else None, **options),
@@ -200,8 +238,12 @@ _EXECUTORS.add(
 
 
 def make_executor(name: str, workers: int = 1, address: str | None = None, **options: Any) -> Executor:
-    """The executor called `name` (sequential, local, ray)."""
-    return _EXECUTORS[name](workers, address, **options)
+    """The executor called `name` (sequential, local, ray); `options` go to it (ray: cpus_per_run, gpus_per_run)."""
+    factory = _EXECUTORS[name]
+    try:
+        return factory(workers, address, **options)
+    except TypeError:
+        raise ConfigError(f"executor {name!r} does not take option(s) {', '.join(sorted(options))}") from None
 
 
 EXECUTORS: tuple[str, ...] = tuple(_EXECUTORS)

@@ -56,11 +56,28 @@ def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
         into[prefix] = value
 
 
-def _depth_of(model: dict[str, Any]) -> int | None:
+def _depth_and_width(model: dict[str, Any]) -> tuple[int | None, float]:
+    """Depth and width of a model config: its knobs, else what its name says (``wrn28_10``, ``resnet56``)."""
+    match = re.fullmatch(r"(?:wrn|wide_resnet)(\d+)_(\d+)", model["name"])
+    if match:  # named Wide ResNets: depth and widening factor are in the name
+        depth, width = int(match.group(1)), float(match.group(2))
+    else:
+        trailing = re.search(r"(\d+)$", model["name"])
+        depth, width = (int(trailing.group(1)) if trailing else None), 1.0
     if model.get("depth") is not None:
-        return int(model["depth"])
-    match = re.search(r"(\d+)$", model["name"])
-    return int(match.group(1)) if match else None
+        depth = int(model["depth"])
+    if model.get("width") is not None:
+        width = float(model["width"])
+    return depth, width
+
+
+# Grid keys that name the model size, the sparsity or the seed; any other grid key makes a variant.
+_SIZE_OR_SEED = re.compile(r"^(model\.(name|width|depth)|sparsity(\..*)?|seed)$")
+
+
+def _variant(point: dict[str, Any]) -> str:
+    """The grid values of a run other than size, sparsity and seed, e.g. ``optim.lr=0.05``."""
+    return ", ".join(f"{k}={v}" for k, v in point.items() if not _SIZE_OR_SEED.match(k))
 
 
 def runs_frame(rows: list[RunRow]) -> pd.DataFrame:
@@ -70,15 +87,20 @@ def runs_frame(rows: list[RunRow]) -> pd.DataFrame:
         spec = row.spec
         model = spec["model"]
         sparsity = spec["sparsity"]["sparsity"]
+        depth, width = _depth_and_width(model)
+        rule = spec["sparsity"]["distribution"]
+        if spec["sparsity"].get("prune"):
+            rule = f"{spec['sparsity']['prune']} (pruned)"  # mask mode: the method's own mask, not random
         record: dict[str, Any] = {
             "id": row.id,
             "status": row.status,
             "model": model["name"],
-            "width": model.get("width") if model.get("width") is not None else 1.0,
-            "depth": _depth_of(model),
+            "width": width,
+            "depth": depth,
+            "variant": _variant(row.point),
             "dataset": spec["data"]["name"],
             "sparsity": sparsity,
-            "distribution": "dense" if sparsity == 0 else spec["sparsity"]["distribution"],
+            "distribution": "dense" if sparsity == 0 else rule,
             "seed": spec["seed"],
             "error": row.error,
             "seconds": row.seconds,
@@ -95,10 +117,12 @@ def runs_frame(rows: list[RunRow]) -> pd.DataFrame:
 
 
 def _size_label(row: pd.Series) -> str:
+    """``resnet20 ×2``, ``cifar_resnet-32 ×0.5``, plus the variant in brackets when there is one."""
     label = row["model"]
-    if row["depth"] is not None and not str(row["model"]).endswith(str(row["depth"])):
-        label += f"-{row['depth']}"
-    return f"{label} ×{row['width']:g}"
+    if pd.notna(row["depth"]) and str(int(row["depth"])) not in str(row["model"]):
+        label += f"-{int(row['depth'])}"
+    label = f"{label} ×{row['width']:g}"
+    return f"{label} [{row['variant']}]" if row.get("variant") else label
 
 
 def _size_order(frame: pd.DataFrame) -> list[str]:
@@ -109,7 +133,9 @@ def _size_order(frame: pd.DataFrame) -> list[str]:
 
 def summary_table(done: pd.DataFrame, metric: str = ACCURACY) -> pd.DataFrame:
     """Mean ± std over seeds per size × sparsity × distribution, with the dense baseline and the gap."""
-    columns = ["size", "width", "depth", "sparsity", "distribution"]
+    if "variant" not in done:
+        done = done.assign(variant="")
+    columns = ["size", "width", "depth", "variant", "sparsity", "distribution"]
     grouped = (
         done.groupby(columns, dropna=False)[metric]
         .agg(mean="mean", std="std", seeds="count")
@@ -216,9 +242,10 @@ def plot_gap_vs_size(table: pd.DataFrame, axis: str, path: Path, title: str) -> 
     figure, axes = _panel_grid(len(distributions))
     for ax, distribution in zip(axes, distributions, strict=True):
         part = sparse[sparse["distribution"] == distribution]
-        for i, (sparsity, line) in enumerate(part.groupby("sparsity")):
+        for i, ((sparsity, variant), line) in enumerate(part.groupby(["sparsity", "variant"])):
             line = line.groupby(axis)["gap_to_dense"].mean().sort_index()
-            ax.plot(line.index, line.values * 100, marker="o", color=f"C{i}", label=f"sparsity {sparsity:g}")
+            label = f"sparsity {sparsity:g}" + (f" [{variant}]" if variant else "")
+            ax.plot(line.index, line.values * 100, marker="o", color=f"C{i}", label=label)
         ax.axhline(0, color="grey", ls="--", lw=1)
         if axis == "width":
             ax.set_xscale("log", base=2)

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from randsparse.experiments.study import RunSpec, StudyConfig, expand
 log = logging.getLogger(__name__)
 
 STORE_NAME = "results.sqlite"
+# A run whose worker process dies this many times (e.g. out of memory) is failed, not retried again.
+MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,14 @@ def run_study(
     address: str | None = None,
     on_progress: Callable[[StudyStatus], None] | None = None,
     heartbeat_seconds: float = 15.0,
+    **executor_options: Any,
 ) -> StudyStatus:
     """Run every pending run of the study; returns the final counts. Safe to call again to resume."""
     store, specs = prepare(study, base, study_dir, retry_failed)
     pending = {row.id for row in store.rows() if row.status == "pending"}
     check_data([s for s in specs if s.id in pending])
     owner = owner_id()
-    engine: Executor = make_executor(executor, workers=workers, address=address)
+    engine: Executor = make_executor(executor, workers=workers, address=address, **executor_options)
     in_flight: dict[Any, str] = {}
     durations: list[float] = []
     last_beat = time.monotonic()
@@ -107,9 +110,10 @@ def run_study(
             on_progress(status)
         return status
 
+    stopping = False  # a run was interrupted (Ctrl-C): finish what runs, start nothing new
     try:
         while True:
-            while len(in_flight) < engine.slots:
+            while not stopping and len(in_flight) < engine.slots:
                 row = store.claim(owner)
                 if row is None:
                     break
@@ -121,25 +125,31 @@ def run_study(
             for handle, outcome in engine.wait(list(in_flight), timeout=heartbeat_seconds):
                 run_id = in_flight.pop(handle)
                 _record(store, run_id, outcome, durations)
+                stopping = stopping or outcome.interrupted
             if time.monotonic() - last_beat >= heartbeat_seconds:
                 store.heartbeat(in_flight.values(), owner)
                 last_beat = time.monotonic()
     except BaseException:
-        # Ctrl-C or an error in the driver: hand the unfinished runs back; they resume next time.
+        # Ctrl-C or an error in the driver: stop the runs, hand them back; they resume next time.
+        engine.interrupt()
         for run_id in in_flight.values():
             store.finish(run_id, "pending", error="the study process stopped while it ran")
         raise
     finally:
         engine.shutdown()
+    if stopping:
+        raise KeyboardInterrupt
     return report()
 
 
 def _record(store: ResultsStore, run_id: str, outcome: Outcome, durations: list[float]) -> None:
+    if outcome.worker_died and store.get(run_id).attempts >= MAX_ATTEMPTS:
+        outcome = replace(outcome, status="failed", error=f"{outcome.error}, {MAX_ATTEMPTS} times")
     store.finish(run_id, outcome.status, outcome.metrics, outcome.error, outcome.seconds)
     if outcome.status == "done":
         durations.append(outcome.seconds)
         log.info("run %s done in %.0f s", run_id, outcome.seconds)
     elif outcome.status == "pending":
-        log.warning("run %s was interrupted; it will resume next time", run_id)
+        log.warning("run %s stopped (%s); it will resume from its checkpoint", run_id, outcome.error)
     else:
         log.warning("run %s %s: %s", run_id, outcome.status, outcome.error)

@@ -19,6 +19,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from randsparse.errors import ConfigError
+from randsparse.models import model_options
+from randsparse.sparsity.distributions import get_distribution
 from randsparse.train.config import TrainConfig, apply_overrides, build_config, config_hash, read_yaml
 
 # Grid keys that change only what is pruned: dropped from a point to make its dense baseline.
@@ -123,6 +125,9 @@ def _add(specs: dict[str, RunSpec], base: dict[str, Any], point: dict[str, Any])
         config = build_config(apply_overrides(base, overrides), f"at grid point {point}")
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("invalid config", "invalid study run", 1)) from None
+    model_options(config.model.name)  # unknown names fail here, not in every run
+    if not config.is_dense:
+        get_distribution(config.sparsity.distribution)
     run_id = config_hash(config)
     if run_id not in specs:
         specs[run_id] = RunSpec(run_id, config, point)

@@ -214,6 +214,11 @@ def _erk_raw(shape: Shape, power_scale: float) -> float:
     return (sum(shape) / math.prod(shape)) ** power_scale
 
 
+def _check_power_scale(value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"erk_power_scale must be a finite number >= 0 (1 is ERK, 0 is uniform), got {value!r}")
+
+
 def _scaled_densities(raw: Mapping[str, float], sizes: Mapping[str, int], budget: float) -> dict:
     """Densities ``min(1, eps * raw)`` holding exactly `budget` weights (RigL's overflow rule).
 
@@ -228,6 +233,10 @@ def _scaled_densities(raw: Mapping[str, float], sizes: Mapping[str, int], budget
         if not free:
             break
         divisor = math.fsum(raw[n] * sizes[n] for n in free)
+        if not (math.isfinite(divisor) and divisor > 0):
+            raise ConfigError(
+                "the layer-wise ratios underflow to 0 (or overflow) in floating point; use a smaller erk_power_scale"
+            )
         eps = rhs / divisor
         largest = max(raw[n] for n in free)
         if eps * largest <= 1.0:
@@ -247,6 +256,7 @@ def er(shapes: Mapping[str, Shape], density: float) -> dict[str, float]:
 @register_distribution("erk")
 def erk(shapes: Mapping[str, Shape], density: float, erk_power_scale: float = 1.0) -> dict:
     """Erdős–Rényi-Kernel: density proportional to (sum of dims / product of dims) ** power."""
+    _check_power_scale(erk_power_scale)
     sizes = _sizes(shapes)
     raw = {n: _erk_raw(s, erk_power_scale) for n, s in shapes.items()}
     return _scaled_densities(raw, sizes, density * math.fsum(sizes.values()))
@@ -265,6 +275,7 @@ def erk_plus(
     The classifier defaults to the last entry of `shapes`; the ERK layers absorb the rest of the
     budget exactly.
     """
+    _check_power_scale(erk_power_scale)
     names = list(shapes)
     head = _pick_layer(names, classifier, -1, "classifier")
     _check_fraction(classifier_density, "classifier_density")

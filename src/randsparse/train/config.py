@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -96,7 +97,7 @@ class OptimConfig(_Section):
     no_decay_norm_and_bias: bool = Field(
         default=False, description="exempt normalisation weights and biases from weight decay"
     )
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     grad_clip: float | None = Field(default=None, gt=0, description="clip the gradient norm to this value")
 
@@ -120,8 +121,8 @@ class ScheduleConfig(_Section):
     @field_validator("milestones")
     @classmethod
     def _increasing(cls, value: list[float]) -> list[float]:
-        if any(b <= a for a, b in itertools.pairwise(value)) or any(m <= 0 for m in value):
-            raise ValueError("milestones must be positive and strictly increasing")
+        if any(not math.isfinite(m) or m <= 0 for m in value) or any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("milestones must be finite, positive and strictly increasing")
         return value
 
 
@@ -196,6 +197,14 @@ class TrainConfig(_Section):
             except (RuntimeError, ValueError):
                 raise ValueError(f"not a device: {value!r} (auto, cpu, cuda, cuda:N, mps)") from None
         return value
+
+    @model_validator(mode="after")
+    def _schedule_fits_the_run(self) -> TrainConfig:
+        if self.schedule.warmup_epochs > self.epochs:
+            raise ValueError(f"schedule.warmup_epochs ({self.schedule.warmup_epochs:g}) exceeds epochs ({self.epochs})")
+        if self.schedule.min_lr > self.optim.lr:
+            raise ValueError(f"schedule.min_lr ({self.schedule.min_lr:g}) exceeds optim.lr ({self.optim.lr:g})")
+        return self
 
     @property
     def mask_seed(self) -> int:

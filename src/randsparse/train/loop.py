@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from randsparse import __version__
-from randsparse.data import SeededIndices
+from randsparse.data import SeededIndices, build_ood
 from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError, RandsparseError
 from randsparse.evaluate.complexity import count_flops, count_params
 from randsparse.evaluate.trained import evaluate_trained
@@ -58,6 +58,7 @@ from randsparse.train.rundir import RunDir
 from randsparse.train.setup import (
     build_datasets,
     build_model,
+    check_model_input,
     configure_determinism,
     draw_masks,
     needs_scores,
@@ -369,10 +370,12 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
         run.scheduler.load_state_dict(state["scheduler"])
         run.scaler.load_state_dict(state["scaler"])
         run.progress = Progress.from_dict(state["progress"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0]
+        _restore_rank_rng(run, state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        if isinstance(exc, KeyError):
+            reason = f"it has no entry {exc}"
         raise FileFormatError(f"the checkpoint does not fit this model/config: {reason}") from None
-    _restore_rank_rng(run, state)
 
 
 def _restore_rank_rng(run: _Run, state: dict[str, Any]) -> None:
@@ -481,16 +484,27 @@ def fit(
         return _fit(config, RunDir(out_dir), dist, resume, show_progress)
 
 
-def _starting_state(run_dir: RunDir, resume: bool) -> dict[str, Any] | None:
-    """The checkpoint to resume from (None for a new run), refusing a run directory that does not fit."""
-    if resume:
-        if not run_dir.last_checkpoint.is_file():
-            raise FileFormatError(f"nothing to resume in {str(run_dir.path)!r}: no checkpoints/last.pt")
+def _starting_state(run_dir: RunDir, resume: bool, config: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None to start afresh), refusing a run directory that does not fit.
+
+    A run that stopped before its first checkpoint (killed in epoch 1) has nothing to resume: the
+    same config simply starts again there, with or without `resume`.
+    """
+    if run_dir.last_checkpoint.is_file():
+        if not resume:
+            raise ConfigError(
+                f"{str(run_dir.path)!r} already holds a run; resume it with --resume, or choose another --out"
+            )
         return load_checkpoint(run_dir.last_checkpoint)  # refuse a corrupt file before touching anything
-    if run_dir.has_run():
-        raise ConfigError(
-            f"{str(run_dir.path)!r} already holds a run; resume it with --resume, or choose another --out"
-        )
+    if run_dir.config_file.is_file():
+        if config_hash(run_dir.read_config()) != config_hash(config):
+            raise ConfigError(
+                f"{str(run_dir.path)!r} holds another run (a different config.yaml); choose another --out"
+            )
+        log.warning("%s stopped before its first checkpoint: starting it again", run_dir.path)
+        return None
+    if resume:
+        raise FileFormatError(f"nothing to resume in {str(run_dir.path)!r}: no checkpoints/last.pt")
     return None
 
 
@@ -527,12 +541,14 @@ def _train_batches(config: TrainConfig, size: int, dist: Distributed) -> EpochBa
 
 
 def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, show_progress: bool | None) -> dict:
-    state = dist.from_main(lambda: _starting_state(run_dir, resume), "reading the run directory")
+    state = dist.from_main(lambda: _starting_state(run_dir, resume, config), "reading the run directory")
     configure_determinism(config.deterministic)
     seed_everything(config.seed)
     data = build_datasets(config.data)
     model = build_model(config.model, data.info)  # initialised from the run's seed, the same on every rank
     input_shape = (data.info.channels, data.info.image_size, data.info.image_size)
+    check_model_input(model, input_shape, config.model.name)
+    _check_eval_data(config, data.info)
     masks = _draw_masks_on_main(config, model, input_shape, dist)
     batches = _train_batches(config, len(data.train), dist)
     run = _prepare(config, run_dir, model, masks, batches.steps_per_epoch, dist)
@@ -596,6 +612,12 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
         train_seconds=run.progress.train_seconds,
         finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _check_eval_data(config: TrainConfig, info: Any) -> None:
+    """The OOD sets the end-of-training evaluation needs, checked before training, not after it."""
+    for name in config.eval.ood:
+        build_ood(info, name, root=config.data.root, download=config.data.download)
 
 
 def _tensorboard_writer(path: Path) -> Any:
@@ -681,10 +703,15 @@ def _final_evaluation(run: _Run, data: Any, batch_size: int) -> dict[str, Any]:
     }
     options = run.config.eval
     if dist.is_main and (options.calibration or options.ood or options.attacks):
+        run.files.update_summary(**result)  # the accuracies stand whatever becomes of the suite
         identity = f"{run.identity}-best-epoch{best_epoch}"
-        result["eval"] = evaluate_trained(
-            run.model, run.config.data, data.info, options, out_dir=run.run_dir.path, identity=identity
-        )
+        try:
+            result["eval"] = evaluate_trained(
+                run.model, run.config.data, data.info, options, out_dir=run.run_dir.path, identity=identity
+            )
+        except RandsparseError as exc:
+            log.error("the evaluation suite failed: %s (run `randsparse eval %s` to retry)", exc, run.run_dir.path)
+            result["eval_error"] = str(exc)
     if current is not None:
         run.model.load_state_dict(current)
     return result

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from randsparse import data as datasets
 from randsparse.errors import ConfigError
+from randsparse.evaluate.complexity import count_flops
 from randsparse.models import build as build_registered_model
 from randsparse.models import model_options
 from randsparse.sparsity import MaskSet, PrunableSelector, load_custom_densities, plan_sparsity
@@ -31,7 +32,10 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when present, else the CPU; a CUDA device that is absent is a `ConfigError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"not a device: {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use device=cpu or auto")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -119,6 +123,20 @@ def build_model(config: Any, info: Any) -> nn.Module:
     return build_registered_model(
         spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"]
     )
+
+
+def check_model_input(model: nn.Module, input_shape: tuple[int, ...], name: str) -> None:
+    """Refuse, before anything is written, a model that cannot take the data's inputs.
+
+    One forward pass of shapes only (e.g. a VGG's four poolings need inputs of at least 16x16).
+    """
+    try:
+        count_flops(model, input_shape)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"model {name!r} cannot take this dataset's inputs of shape {tuple(input_shape)}: {reason}"
+        ) from None
 
 
 def draw_masks(
