@@ -6,10 +6,10 @@ lookup of an unknown name is an `UnknownNameError` that lists the known ones, wo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
-from randsparse.errors import UnknownNameError
+from randsparse.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 F = TypeVar("F")
@@ -58,3 +58,13 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         """Every registered name, sorted."""
         return sorted(self._entries)
+
+
+def check_options(what: str, given: Iterable[str], accepted: Iterable[str]) -> None:
+    """Refuse options that `what` (e.g. ``"distribution 'erk'"``) does not take, naming those it does."""
+    accepted = list(accepted)
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"{what} does not take option(s) {', '.join(unknown)} (it takes: {', '.join(accepted) or 'no options'})"
+        )

@@ -93,7 +93,7 @@ def test_collapse_guard_options_reach_the_score_rule() -> None:
         ("snip_ratio", {}, "snip scores need labelled data"),
         ("magnitude_ratio", {"mask_mode": "scores", "sampling": "bernoulli"}, "sampling must be 'exact'"),
         ("magnitude_ratio", {"allow_collapse": True, "min_density": 2.0}, "min_density"),
-        ("erk", {"allow_collapse": True}, "allow_collapse do not apply to distribution 'erk'"),
+        ("erk", {"allow_collapse": True}, r"distribution 'erk' does not take option\(s\) allow_collapse"),
     ],
 )
 def test_score_options_out_of_place_are_config_errors(distribution: str, kwargs: dict, message: str) -> None:

@@ -312,7 +312,7 @@ def test_unknown_scorer_lists_the_known_ones() -> None:
     [
         ("snip", {}, "snip scores need labelled data"),
         ("grasp", {}, "grasp scores need labelled data"),
-        ("snip", {"data": "x", "temperature": 2.0}, "temperature do not apply to scorer 'snip'"),
+        ("snip", {"data": "x", "temperature": 2.0}, r"scorer 'snip' does not take option\(s\) temperature"),
         ("synflow", {}, "needs option\\(s\\) density"),
         ("synflow", {"density": 0.5}, "input shape"),
         ("synflow", {"density": 0.5, "input_shape": (3, 0)}, "input_shape"),

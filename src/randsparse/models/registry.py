@@ -10,7 +10,7 @@ from typing import Any, Literal
 from torch import nn
 
 from randsparse.errors import ConfigError
-from randsparse.registry import Registry
+from randsparse.registry import Registry, check_options
 
 ModelBuilder = Callable[..., nn.Module]
 InitMode = Literal["fan_in", "fan_out"]
@@ -50,12 +50,7 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, **options: Any
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ConfigError(f"in_channels must be a positive integer, got {in_channels!r}")
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"model {name!r} does not take option(s) {', '.join(unknown)}"
-            f" (it takes: {', '.join(accepted) or 'no options'})"
-        )
+    check_options(f"model {name!r}", options, accepted)
     return _BUILDERS[name](num_classes=num_classes, in_channels=in_channels, **options)
 
 

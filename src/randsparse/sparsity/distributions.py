@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from randsparse.errors import ConfigError, InfeasibleBudgetError
-from randsparse.registry import Registry
+from randsparse.registry import Registry, check_options
 from randsparse.sparsity.layers import Shape, names_matching
 
 DensityRule = Callable[..., dict[str, float]]
@@ -74,13 +74,7 @@ def layer_densities(
         if math.prod(shape) == 0:
             raise ConfigError(f"prunable layer {name!r} has no weights (shape {tuple(shape)})")
     rule = get_distribution(distribution)
-    accepted = distribution_options(distribution)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"option(s) {', '.join(unknown)} do not apply to distribution {distribution!r}"
-            f" (it takes: {', '.join(accepted) or 'no options'})"
-        )
+    check_options(f"distribution {distribution!r}", options, distribution_options(distribution))
     missing = [name for name in required_options(distribution) if name not in options]
     if missing:
         raise ConfigError(f"distribution {distribution!r} needs option(s) {', '.join(missing)}")

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset, default_collate
 
 from randsparse.errors import ConfigError
-from randsparse.registry import Registry
+from randsparse.registry import Registry, check_options
 from randsparse.sparsity.distributions import DensityRule, check_density, register_distribution
 from randsparse.sparsity.layers import PrunableSelector, Shape, owning_module, prunable_parameters
 from randsparse.sparsity.masks import kept_count, seed_from
@@ -173,12 +173,7 @@ def compute_scores(
     """
     scorer = _get_scorer(method)
     accepted = scorer_options(method)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"option(s) {', '.join(unknown)} do not apply to scorer {method!r}"
-            f" (it takes: {', '.join(accepted) or 'no options'})"
-        )
+    check_options(f"scorer {method!r}", options, accepted)
     params = inspect.signature(scorer.fn).parameters
     missing = [p for p in accepted if params[p].default is inspect.Parameter.empty and p not in options]
     if missing:
