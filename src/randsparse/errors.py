@@ -42,3 +42,15 @@ class FileFormatError(RandsparseError, ValueError):
 
 class DatasetNotFoundError(RandsparseError, FileNotFoundError):
     """A dataset's files are in none of the places looked; the message lists them and how to get the data."""
+
+
+def first_line(exc: BaseException, empty: str = "") -> str:
+    """The first non-blank line of `exc`'s message, for one-line errors; `empty` (or its type) if none.
+
+    Third-party exceptions (torch, pickle, YAML) often carry long multi-line messages; the CLI shows
+    one line.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return f"{type(exc).__name__}{f' ({empty})' if empty else ''}"

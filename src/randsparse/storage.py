@@ -1,20 +1,24 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a torn one.
+"""Reading and writing randsparse's files: atomic writes, and YAML/JSON mappings read with clear errors.
 
-Everything randsparse persists (mask files now; checkpoints and results later) goes through here:
-write to a temporary file in the same directory, fsync it, rename it over the target, fsync the
-directory.
+Everything randsparse persists goes through `atomic_write_bytes`: write to a temporary file in the
+same directory, fsync it, rename it over the target, fsync the directory. A reader sees the old
+file or the new one, never a torn one.
 """
 
 from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+
+from randsparse.errors import ConfigError, first_line
 
 
 def _new_file_mode() -> int:
@@ -53,3 +57,25 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping in YAML (or, for ``.json``, JSON) file `path`; an empty file is ``{}``.
+
+    A file that cannot be read, does not parse or does not hold a mapping is a `ConfigError` naming
+    `what` it should have been (e.g. ``"config"``).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot parse {what} {str(path)!r}: {first_line(exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(path)!r} must be a mapping, got {type(data).__name__}")
+    return data

@@ -29,7 +29,7 @@ from torch import nn
 
 from randsparse.accel.encoding import decode_mask, encode_mask, payload_bytes
 from randsparse.accel.modules import DispatchMode, SparseConv2d, SparseLinear, set_dispatch
-from randsparse.errors import ConfigError, FileFormatError, RandsparseError
+from randsparse.errors import ConfigError, FileFormatError, RandsparseError, first_line
 from randsparse.models import build
 from randsparse.sparsity.layers import owning_module
 from randsparse.sparsity.masks import MaskSet
@@ -182,7 +182,7 @@ def _read(source: str | Path | bytes) -> dict[str, Any]:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
         content = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a file that is not an archive
-        reason = str(exc).splitlines()[0] if str(exc).strip() else f"{type(exc).__name__} (empty or truncated file)"
+        reason = first_line(exc, "empty or truncated file")
         raise FileFormatError(f"cannot read sparse model file {label}: {reason}") from None
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         found = content.get("format") if isinstance(content, dict) else None

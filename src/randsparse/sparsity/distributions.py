@@ -12,17 +12,15 @@ Register a new rule with `@register_distribution("name")`.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from randsparse.errors import ConfigError, InfeasibleBudgetError
 from randsparse.registry import Registry, check_options
 from randsparse.sparsity.layers import Shape, names_matching
+from randsparse.storage import read_mapping
 
 DensityRule = Callable[..., dict[str, float]]
 
@@ -373,16 +371,8 @@ def load_custom_densities(path: str | Path) -> dict[str, float]:
     densities here.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read custom density file {str(path)!r}: {exc.strerror}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"cannot parse custom density file {str(path)!r}: {first_line}") from None
-    if not isinstance(data, dict) or len(data) != 1 or next(iter(data)) not in ("density", "sparsity"):
+    data = read_mapping(path, "custom density file")
+    if len(data) != 1 or next(iter(data)) not in ("density", "sparsity"):
         raise ConfigError(
             f"custom density file {str(path)!r} must hold exactly one top-level key, 'density' or"
             " 'sparsity', mapping layer names or regexes to numbers"

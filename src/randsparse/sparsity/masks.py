@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError
+from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError, first_line
 from randsparse.sparsity.layers import Shape, owning_module
 from randsparse.storage import atomic_torch_save
 
@@ -301,7 +301,7 @@ def load_masks(path: str | Path) -> tuple[MaskSet, dict[str, Any]]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        reason = str(exc).splitlines()[0] if str(exc).strip() else f"{type(exc).__name__} (empty or truncated file)"
+        reason = first_line(exc, "empty or truncated file")
         raise FileFormatError(f"cannot read mask file {str(path)!r}: {reason}") from None
     if not isinstance(content, dict) or _FILE_KEY not in content:
         raise FileFormatError(f"{str(path)!r} is not a randsparse mask file")

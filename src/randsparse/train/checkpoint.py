@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from randsparse.errors import FileFormatError
+from randsparse.errors import FileFormatError, first_line
 from randsparse.storage import atomic_torch_save
 
 CHECKPOINT_FORMAT = "randsparse.checkpoint/v1"
@@ -112,7 +112,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a torn or foreign file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, "empty or truncated file")
         raise FileFormatError(f"checkpoint {str(path)!r} is corrupt or unreadable: {reason}") from None
     if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
         raise FileFormatError(f"{str(path)!r} is not a randsparse checkpoint")

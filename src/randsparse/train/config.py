@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from randsparse.errors import ConfigError
 from randsparse.evaluate.config import EvalConfig
+from randsparse.storage import read_mapping
 
 
 class _Section(BaseModel):
@@ -299,19 +300,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in YAML file `path`; unreadable or malformed files are a `ConfigError`."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"cannot parse config {str(path)!r}: {first}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {str(path)!r} must be a mapping of sections, got {type(data).__name__}")
-    return data
+    return read_mapping(path, "config")
 
 
 def build_config(data: dict[str, Any], source: str = "") -> TrainConfig:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from randsparse import data as datasets
-from randsparse.errors import FileFormatError, MaskMismatchError
+from randsparse.errors import FileFormatError, MaskMismatchError, first_line
 from randsparse.sparsity import MaskSet, prunable_shapes
 from randsparse.train.checkpoint import load_checkpoint
 from randsparse.train.config import TrainConfig, config_hash
@@ -54,7 +54,7 @@ def load_run(run_dir: str | Path, which: Literal["best", "last"] = "best") -> Lo
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise FileFormatError(f"{str(path)!r} does not fit the model: {str(exc).splitlines()[0]}") from None
+        raise FileFormatError(f"{str(path)!r} does not fit the model: {first_line(exc)}") from None
     masks = None
     if state.get("masks") is not None:
         try:

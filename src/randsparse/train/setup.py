@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from randsparse import data as datasets
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, first_line
 from randsparse.evaluate.complexity import count_flops
 from randsparse.models import build as build_registered_model
 from randsparse.models import model_options
@@ -133,7 +133,7 @@ def check_model_input(model: nn.Module, input_shape: tuple[int, ...], name: str)
     try:
         count_flops(model, input_shape)
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise ConfigError(
             f"model {name!r} cannot take this dataset's inputs of shape {tuple(input_shape)}: {reason}"
         ) from None
