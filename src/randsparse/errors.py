@@ -6,6 +6,8 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RandsparseError(Exception):
     """Base class of every error caused by user input (flags, configs, files)."""
@@ -54,3 +56,15 @@ def first_line(exc: BaseException, empty: str = "") -> str:
         if line.strip():
             return line.strip()
     return f"{type(exc).__name__}{f' ({empty})' if empty else ''}"
+
+
+def validation_message(error: Any, what: str) -> str:
+    """One line naming every problem of a pydantic `ValidationError`: ``invalid <what>: key: problem; ...``."""
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(
+            item["type"], item["msg"]
+        )
+        problems.append(f"{key}: {message}")
+    return f"invalid {what}: " + "; ".join(problems)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, validation_message
 
 OodScoreName = Literal["msp", "max_logit", "energy"]
 
@@ -115,12 +115,7 @@ def eval_config(data: EvalConfig | dict[str, Any] | None = None, **overrides: An
     try:
         return EvalConfig.model_validate({**base, **overrides})
     except ValidationError as exc:
-        problems = []
-        for item in exc.errors():
-            key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-            message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-            problems.append(f"{key}: {message}")
-        raise ConfigError("invalid eval options: " + "; ".join(problems)) from None
+        raise ConfigError(validation_message(exc, "eval options")) from None
 
 
 def format_eps(eps: float) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, validation_message
 from randsparse.models import model_options
 from randsparse.sparsity.distributions import get_distribution
 from randsparse.train.config import TrainConfig, apply_overrides, build_config, config_hash, read_yaml
@@ -76,12 +76,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[St
     try:
         study = StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
-            f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
-            for e in exc.errors()
-        )
-        raise ConfigError(f"invalid study {str(path)!r}: {problems}") from None
+        raise ConfigError(validation_message(exc, f"study {str(path)!r}")) from None
     base: dict[str, Any] = {}
     if study.base_config is not None:
         base_path = (path.parent / study.base_config).resolve()
@@ -121,10 +116,7 @@ def _is_sparsity_key(key: str) -> bool:
 
 def _add(specs: dict[str, RunSpec], base: dict[str, Any], point: dict[str, Any]) -> None:
     overrides = [_to_override(k, v) for k, v in point.items()]
-    try:
-        config = build_config(apply_overrides(base, overrides), f"at grid point {point}")
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("invalid config", "invalid study run", 1)) from None
+    config = build_config(apply_overrides(base, overrides), f"at grid point {point}", what="study run")
     model_options(config.model.name)  # unknown names fail here, not in every run
     if not config.is_dense:
         get_distribution(config.sparsity.distribution)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, validation_message
 from randsparse.evaluate.config import EvalConfig
 from randsparse.storage import read_mapping
 
@@ -251,19 +251,6 @@ def config_hash(config: TrainConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _format_validation_error(error: ValidationError, source: str) -> str:
-    problems = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif item["type"] == "missing":
-            message = "required key is missing"
-        problems.append(f"{key}: {message}")
-    return f"invalid config {source}: " + "; ".join(problems)
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=value`` to (["a", "b"], value), the value read as YAML (numbers, lists, booleans)."""
     key, sep, raw = text.partition("=")
@@ -303,12 +290,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return read_mapping(path, "config")
 
 
-def build_config(data: dict[str, Any], source: str = "") -> TrainConfig:
+def build_config(data: dict[str, Any], source: str = "", what: str = "config") -> TrainConfig:
     """Validate a plain mapping into a `TrainConfig`; every problem is named in one `ConfigError`."""
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source or "(command line)")) from None
+        raise ConfigError(validation_message(exc, f"{what} {source or '(command line)'}")) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
