@@ -7,7 +7,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from randsparse.accel import available_encodings, export_model
 from randsparse.errors import ConfigError
 from randsparse.train import load_run
 
@@ -27,13 +26,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--format",
         default="auto",
-        help=f"position encoding: auto (smallest per layer) or one of {', '.join(available_encodings())}",
+        help="position encoding of the kept weights: auto (smallest per layer), bitmap, delta or csr",
     )
     parser.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/model-<which>.rsp)")
     parser.set_defaults(handler=_run_export)
 
 
 def _run_export(args: argparse.Namespace, console: Console) -> int:
+    from randsparse.accel import available_encodings, export_model  # numba: loaded only when exporting
+
     if args.format != "auto" and args.format not in available_encodings():
         raise ConfigError(f"unknown format {args.format!r}; known: auto, {', '.join(available_encodings())}")
     loaded = load_run(args.run_dir, args.which)

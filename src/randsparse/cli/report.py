@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from randsparse.errors import ConfigError
-from randsparse.experiments import open_store, write_report
+from randsparse.experiments import open_store
 from randsparse.experiments.runner import STORE_NAME
 
 
@@ -33,6 +33,8 @@ def _run_report(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(
             f"{str(study_dir)!r} is not a study directory (no {STORE_NAME}); run `randsparse study` first"
         )
+    from randsparse.experiments.report import write_report  # pandas and matplotlib: only when reporting
+
     report = write_report(open_store(study_dir), args.out or study_dir / "report")
     console.print(f"report written to {report.out_dir}: " + ", ".join(p.name for p in report.files))
     return 0

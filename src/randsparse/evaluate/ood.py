@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_roc
 
 from randsparse.errors import ConfigError
 from randsparse.registry import Registry
@@ -98,6 +97,8 @@ def ood_metrics(scores_in: torch.Tensor, scores_out: torch.Tensor) -> OodMetrics
         raise ConfigError("OOD scores must be finite (check the model's logits for NaN or inf)")
     ranked = _ranks(torch.cat([scores_in, scores_out]).double())
     is_in = torch.cat([torch.ones(scores_in.numel()), torch.zeros(scores_out.numel())]).long()
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_roc
+
     fpr, tpr, _ = binary_roc(ranked, is_in)
     # Compare counts, not rates: 0.95 · n need not be exact in floating point.
     true_positives = (tpr.double() * scores_in.numel()).round()

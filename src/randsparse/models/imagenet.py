@@ -8,28 +8,29 @@ are registered under their own names.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
-from torchvision import models as tv
 
 from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model
 
-_TORCHVISION_RESNETS: dict[str, Callable[..., tv.ResNet]] = {
-    "resnet18": tv.resnet18,
-    "resnet34": tv.resnet34,
-    "resnet50": tv.resnet50,
-    "resnet101": tv.resnet101,
-    "resnet152": tv.resnet152,
-    "wide_resnet50_2": tv.wide_resnet50_2,
-    "wide_resnet101_2": tv.wide_resnet101_2,
-}
+# The torchvision builders registered here, by their torchvision names. torchvision is imported
+# when one is built, not when randsparse is (it costs about a second of start-up).
+_TORCHVISION_RESNETS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+)
 
 
-def _register(name: str, factory: Callable[..., tv.ResNet]) -> None:
-    def builder(num_classes: int = 1000, in_channels: int = 3, init_mode: InitMode = "fan_out") -> tv.ResNet:
+def _register(name: str) -> None:
+    def builder(num_classes: int = 1000, in_channels: int = 3, init_mode: InitMode = "fan_out") -> nn.Module:
+        from torchvision import models
+
         check_init_mode(init_mode)
-        model = factory(weights=None, num_classes=num_classes)
+        model = getattr(models, name)(weights=None, num_classes=num_classes)
         if in_channels != 3:
             model.conv1 = nn.Conv2d(in_channels, model.conv1.out_channels, 7, stride=2, padding=3, bias=False)
         return kaiming_init_(model, init_mode)
@@ -39,5 +40,5 @@ def _register(name: str, factory: Callable[..., tv.ResNet]) -> None:
     register_model(name)(builder)
 
 
-for _name, _factory in _TORCHVISION_RESNETS.items():
-    _register(_name, _factory)
+for _name in _TORCHVISION_RESNETS:
+    _register(_name)
