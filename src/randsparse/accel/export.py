@@ -142,14 +142,18 @@ def export_state(
     return content, layers
 
 
+def _serialise(content: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    return buffer.getvalue()
+
+
 def export_bytes(
     model: nn.Module, masks: Mapping[str, torch.Tensor], model_spec: Mapping[str, Any], encoding: str = "auto"
 ) -> bytes:
     """The export file of `model` with `masks` as bytes (what `export_model` writes)."""
     content, _ = export_state(model, masks, model_spec, encoding)
-    buffer = io.BytesIO()
-    torch.save(content, buffer)
-    return buffer.getvalue()
+    return _serialise(content)
 
 
 def export_model(
@@ -166,9 +170,7 @@ def export_model(
     stored as is. `model_spec` must rebuild `model`'s architecture.
     """
     content, layers = export_state(model, masks, model_spec, encoding)
-    buffer = io.BytesIO()
-    torch.save(content, buffer)
-    data = buffer.getvalue()
+    data = _serialise(content)
     atomic_write_bytes(path, data)
     log.info("exported %s (%d bytes, %d pruned layers)", path, len(data), len(layers))
     return ExportSummary(Path(path), len(data), layers)

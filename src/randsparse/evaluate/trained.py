@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.utils.data import Dataset
 
 from randsparse import data as datasets
 from randsparse.evaluate.config import EvalConfig
@@ -24,14 +25,17 @@ def evaluate_trained(
     *,
     out_dir: str | Path,
     identity: str,
+    test: Dataset | None = None,
 ) -> dict[str, float]:
     """`evaluate.run` on the test split of the run's dataset (a `DataConfig`), its OOD sets and attacks.
 
-    Logits are cached under ``out_dir/eval-cache`` keyed by `identity` (e.g. the checkpoint), the
-    reliability diagram goes to ``out_dir/reliability.png``.
+    `test` is that split when the caller has it already (training does). Logits are cached under
+    ``out_dir/eval-cache`` keyed by `identity` (e.g. the checkpoint), the reliability diagram goes to
+    ``out_dir/reliability.png``.
     """
     common = {"root": data_config.root, "download": data_config.download}
-    test = datasets.build(data_config.name, split="test", augment=False, **common, **data_config.options)
+    if test is None:
+        test = datasets.build(data_config.name, split="test", augment=False, **common, **data_config.options)
     ood = {name: datasets.build_ood(info, name, **common) for name in options.ood}
     raw = None
     if options.attacks:

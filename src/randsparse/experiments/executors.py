@@ -8,6 +8,7 @@ holds a checkpoint (a run cut off earlier) is resumed, never started over.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from randsparse.errors import ConfigError, RandsparseError
-from randsparse.registry import Registry
+from randsparse.registry import Registry, check_options
 
 log = logging.getLogger(__name__)
 
@@ -227,23 +228,32 @@ class RayExecutor:
             self._ray.shutdown()
 
 
-ExecutorFactory = Callable[..., "Executor"]
+def _sequential(workers: int, address: str | None) -> Executor:
+    return SequentialExecutor()
+
+
+def _local(workers: int, address: str | None) -> Executor:
+    return LocalExecutor(workers)
+
+
+def _ray(workers: int, address: str | None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0) -> Executor:
+    slots = workers if workers > 1 else None
+    return RayExecutor(address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, slots=slots)
+
+
+ExecutorFactory = Callable[..., Executor]
 _EXECUTORS: Registry[ExecutorFactory] = Registry("executor")
-_EXECUTORS.add("sequential", lambda workers, address: SequentialExecutor())
-_EXECUTORS.add("local", lambda workers, address: LocalExecutor(workers))
-_EXECUTORS.add(
-    "ray",
-    lambda workers, address, **options: RayExecutor(address=address, slots=workers if workers > 1 else None, **options),
-)
+_EXECUTORS.add("sequential", _sequential)
+_EXECUTORS.add("local", _local)
+_EXECUTORS.add("ray", _ray)
 
 
 def make_executor(name: str, workers: int = 1, address: str | None = None, **options: Any) -> Executor:
     """The executor called `name` (sequential, local, ray); `options` go to it (ray: cpus_per_run, gpus_per_run)."""
     factory = _EXECUTORS[name]
-    try:
-        return factory(workers, address, **options)
-    except TypeError:
-        raise ConfigError(f"executor {name!r} does not take option(s) {', '.join(sorted(options))}") from None
+    accepted = [p for p in inspect.signature(factory).parameters if p not in ("workers", "address")]
+    check_options(f"executor {name!r}", options, accepted)
+    return factory(workers, address, **options)
 
 
 EXECUTORS: tuple[str, ...] = tuple(_EXECUTORS)

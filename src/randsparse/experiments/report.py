@@ -8,6 +8,7 @@ A partial study still reports, and names what is missing or failed.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import re
@@ -260,9 +261,11 @@ def plot_gap_vs_size(table: pd.DataFrame, axis: str, path: Path, title: str) -> 
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    """Write the figure as a PNG, atomically like every file randsparse writes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

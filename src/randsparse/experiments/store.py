@@ -244,8 +244,12 @@ class ResultsStore:
     def counts(self) -> dict[str, int]:
         """Number of runs of the study in each status."""
         counts = dict.fromkeys(STATUSES, 0)
-        for row in self.rows():
-            counts[row.status] += 1
+        db = self._connect()
+        try:
+            found = db.execute("SELECT status, COUNT(*) AS n FROM runs WHERE in_study = 1 GROUP BY status").fetchall()
+        finally:
+            db.close()
+        counts.update({row["status"]: row["n"] for row in found})
         return counts
 
     def _select(self, where: str, args: tuple) -> list[RunRow]:

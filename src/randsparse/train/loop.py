@@ -546,7 +546,7 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
     seed_everything(config.seed)
     data = build_datasets(config.data)
     model = build_model(config.model, data.info)  # initialised from the run's seed, the same on every rank
-    input_shape = (data.info.channels, data.info.image_size, data.info.image_size)
+    input_shape = data.info.shape
     check_model_input(model, input_shape, config.model.name)
     _check_eval_data(config, data.info)
     masks = _draw_masks_on_main(config, model, input_shape, dist)
@@ -707,7 +707,13 @@ def _final_evaluation(run: _Run, data: Any, batch_size: int) -> dict[str, Any]:
         identity = f"{run.identity}-best-epoch{best_epoch}"
         try:
             result["eval"] = evaluate_trained(
-                run.model, run.config.data, data.info, options, out_dir=run.run_dir.path, identity=identity
+                run.model,
+                run.config.data,
+                data.info,
+                options,
+                out_dir=run.run_dir.path,
+                identity=identity,
+                test=data.test,
             )
         except RandsparseError as exc:
             log.error("the evaluation suite failed: %s (run `randsparse eval %s` to retry)", exc, run.run_dir.path)
@@ -732,7 +738,7 @@ def _static_summary(run: _Run, data: Any, input_shape: tuple[int, ...]) -> dict[
         "params_prunable": params.prunable,
         "params_nonzero": params.nonzero,
         "density": params.density,
-        "prunable_layers": len(prunable_shapes(run.model)),
+        "prunable_layers": len(run.masks) if run.masks is not None else len(prunable_shapes(run.model)),
         "flops_dense": flops.dense,
         "flops_sparse": flops.sparse,
         "train_size": len(data.train),

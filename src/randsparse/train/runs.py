@@ -33,7 +33,7 @@ class LoadedRun:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) the model takes."""
-        return (self.info.channels, self.info.image_size, self.info.image_size)
+        return self.info.shape
 
     def model_spec(self) -> dict[str, Any]:
         """What `randsparse.models.build` needs to rebuild the architecture."""
