@@ -60,7 +60,8 @@ def _config(*overrides: str):
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+    # PYTHONFAULTHANDLER: a worker that dies of a signal (SIGABRT, SIGSEGV) prints where every thread was.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **extra}
 
 
 def _free_port() -> int:
@@ -467,3 +468,31 @@ def test_nproc_inside_torchrun_and_a_config_for_other_processes_are_one_line_err
     assert cli_main(["train", "--nproc", "2", "--config", str(config)]) == 2
     assert "drop it when launching with torchrun" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_worker_exits_with_its_code_and_flushed_output_but_without_interpreter_teardown(tmp_path) -> None:
+    """After joining a process group the CLI leaves through os._exit (gloo threads outlive DDP's group)."""
+    script = (
+        "import atexit, sys\n"
+        "import randsparse.train.distributed as distributed\n"
+        "from randsparse.cli import main\n"
+        "atexit.register(lambda: print('interpreter teardown ran'))\n"
+        "distributed._joined = True  # what session() records once it has joined a group\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    plan = ["plan", "--model", "mlp", "--sparsity", "0.9", "--format", "json"]
+    env = _env()
+    done = subprocess.run([sys.executable, "-c", script, *plan], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)  # block-buffered output (a pipe) reached the reader whole
+    assert "interpreter teardown ran" not in done.stdout
+    failed = subprocess.run(
+        [sys.executable, "-c", script, "train", "--config", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("randsparse train: error:") and "missing.yaml" in failed.stderr
+    assert "interpreter teardown ran" not in failed.stdout

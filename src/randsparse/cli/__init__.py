@@ -59,6 +59,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     console = Console(width=None if sys.stdout.isatty() else 120)
+    code = _run(args, console)
+    distributed = sys.modules.get("randsparse.train.distributed")
+    if distributed is not None and distributed.joined_process_group():
+        distributed.exit_worker(code)  # a torchrun worker: no interpreter teardown (see exit_worker)
+    return code
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    """Run the chosen command; a user-facing failure becomes one line on stderr and an exit code."""
     try:
         return int(args.handler(args, console))
     except RandsparseError as exc:

@@ -18,9 +18,10 @@ import logging
 import os
 import pickle
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +42,10 @@ T = TypeVar("T")
 _COMMUNICATION_FAILURE = re.compile(
     r"gloo|nccl|connection (?:closed|reset|refused)|broken pipe|timed out|timeout|socket", re.IGNORECASE
 )
+
+
+# Set once this process has joined a process group; see `exit_worker`.
+_joined = False
 
 
 class PeerFailure(RandsparseError):
@@ -327,8 +332,31 @@ def session(config: DistributedConfig, device: str) -> Iterator[Distributed]:
             f"rank {launch.rank} of {launch.world_size} could not join the other processes at {address}"
             f" ({_first_line(exc)})"
         ) from None
+    global _joined
+    _joined = True
     log.info("rank %d of %d on %s (%s)", launch.rank, launch.world_size, target, backend)
     try:
         yield Distributed(launch.rank, launch.world_size, launch.local_rank, target, backend)
     finally:
         dist.destroy_process_group()
+
+
+def joined_process_group() -> bool:
+    """True once `session` has made this process join a multi-process run (even after it left)."""
+    return _joined
+
+
+def exit_worker(code: int) -> NoReturn:
+    """End a process of a multi-process run with `code`, flushing logs and output but skipping interpreter teardown.
+
+    DistributedDataParallel's reducer keeps the gloo process group alive past `destroy_process_group`,
+    so its worker threads are still there when Python finalizes; one that drops a tensor then needs
+    the GIL and aborts the process ("terminate called without an active exception", SIGABRT), which
+    torchrun reports as a failed launch although the run finished and its files are written
+    (pytorch/pytorch#190489). `os._exit` leaves before that teardown.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
