@@ -144,6 +144,12 @@ def _wait_until(predicate, process, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
+def _start_study(path, study_dir, *args: str) -> subprocess.Popen:
+    """`randsparse study` in a child process, its output captured (for the signal and crash tests)."""
+    command = _study_command(path, study_dir, *args)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _counts(study_dir) -> dict[str, int]:
     if not (study_dir / "results.sqlite").exists():
         return {"running": 0, "done": 0}
@@ -153,10 +159,7 @@ def _counts(study_dir) -> dict[str, int]:
 def test_ctrl_c_stops_a_sequential_study_and_hands_the_run_back(tmp_path) -> None:
     path = write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5, 0.9], "seed": [0, 1]})
     study_dir = tmp_path / "study"
-    process = subprocess.Popen(
-        _study_command(path, study_dir, "--executor", "sequential", "epochs=20"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    process = _start_study(path, study_dir, "--executor", "sequential", "epochs=20")
     _wait_until(lambda: any((study_dir / "runs").glob("*/checkpoints/last.pt")), process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
@@ -171,10 +174,7 @@ def test_a_dead_local_worker_is_replaced_and_its_run_resumes(tmp_path) -> None:
     path = write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5, 0.9], "seed": [0, 1]})
     expected = {s.id for s in expand(*load_study(path, ["epochs=4"]))}
     study_dir = tmp_path / "study"
-    process = subprocess.Popen(
-        _study_command(path, study_dir, "--workers", "2", "epochs=4"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    process = _start_study(path, study_dir, "--workers", "2", "epochs=4")
     _wait_until(lambda: _counts(study_dir)["running"] == 2, process)
     children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
     workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
@@ -190,10 +190,7 @@ def test_a_dead_local_worker_is_replaced_and_its_run_resumes(tmp_path) -> None:
 def test_ctrl_c_to_the_study_process_alone_stops_its_local_workers(tmp_path) -> None:
     path = write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5, 0.9], "seed": [0, 1]})
     study_dir = tmp_path / "study"
-    process = subprocess.Popen(
-        _study_command(path, study_dir, "--workers", "2", "epochs=50"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    process = _start_study(path, study_dir, "--workers", "2", "epochs=50")
     _wait_until(lambda: len(list((study_dir / "runs").glob("*/checkpoints/last.pt"))) >= 2, process)
     started = time.monotonic()
     process.send_signal(signal.SIGINT)
