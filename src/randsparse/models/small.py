@@ -7,6 +7,7 @@ from torch import nn
 
 from randsparse.errors import ConfigError
 from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model, scaled_channels
+from randsparse.models.vgg import VGG
 
 
 def _check_count(name: str, value: object, minimum: int, example: str) -> int:
@@ -69,33 +70,18 @@ def mlp(
     return MLP(in_channels * image_size**2, [units] * depth, num_classes, init_mode)
 
 
-class SmallCNN(nn.Module):
-    """Three stages of two conv3x3-BN-ReLU (16w, 32w, 64w channels), a 2x2 max pool after each, pool, Linear."""
+class SmallCNN(VGG):
+    """Three stages of two conv3x3-BN-ReLU (16w, 32w, 64w channels), a 2x2 max pool after each, pool, Linear.
+
+    A BN-VGG with a short layout, so it shares VGG's layers, initialisation and forward.
+    """
+
+    LAYOUT: tuple[int | str, ...] = (16, 16, "M", 32, 32, "M", 64, 64, "M")
 
     def __init__(
         self, width: float = 1.0, num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_in"
     ) -> None:
-        super().__init__()
-        check_init_mode(init_mode)
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for base in (16, 32, 64):
-            out = scaled_channels(base, width)
-            for _ in range(2):
-                layers += [
-                    nn.Conv2d(channels, out, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(out),
-                    nn.ReLU(inplace=True),
-                ]
-                channels = out
-            layers.append(nn.MaxPool2d(2))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels, num_classes)
-        kaiming_init_(self, init_mode)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        super().__init__(self.LAYOUT, width, num_classes, in_channels, init_mode)
 
 
 @register_model("small_cnn")
