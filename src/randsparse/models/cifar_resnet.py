@@ -6,6 +6,8 @@ BN (option B), as in the random-pruning paper's code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -34,6 +36,25 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+def residual_stages(
+    in_planes: int, planes: list[int], blocks_per_stage: int, block: Callable[[int, int, int], nn.Module]
+) -> list[nn.Sequential]:
+    """One stage of `blocks_per_stage` blocks per entry of `planes`, each built as ``block(in, out, stride)``.
+
+    The first block of every stage after the first halves the resolution (stride 2), as in the
+    CIFAR ResNets and Wide ResNets.
+    """
+    stages = []
+    for index, out_planes in enumerate(planes):
+        blocks = []
+        for position in range(blocks_per_stage):
+            stride = 2 if index > 0 and position == 0 else 1
+            blocks.append(block(in_planes, out_planes, stride))
+            in_planes = out_planes
+        stages.append(nn.Sequential(*blocks))
+    return stages
+
+
 class CifarResNet(nn.Module):
     """ResNet for 32x32 inputs with three stages of `blocks_per_stage` BasicBlocks each."""
 
@@ -50,16 +71,7 @@ class CifarResNet(nn.Module):
         planes = [scaled_channels(base, width) for base in (16, 32, 64)]
         self.conv1 = nn.Conv2d(in_channels, planes[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes[0])
-        stages = []
-        in_planes = planes[0]
-        for index, out_planes in enumerate(planes):
-            blocks = []
-            for block in range(blocks_per_stage):
-                stride = 2 if index > 0 and block == 0 else 1
-                blocks.append(BasicBlock(in_planes, out_planes, stride))
-                in_planes = out_planes
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
+        self.layer1, self.layer2, self.layer3 = residual_stages(planes[0], planes, blocks_per_stage, BasicBlock)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(planes[2], num_classes)
         kaiming_init_(self, init_mode)

@@ -8,10 +8,13 @@ names never lie about what they build.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from randsparse.errors import ConfigError
+from randsparse.models.cifar_resnet import residual_stages
 from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model, scaled_channels
 
 
@@ -56,19 +59,11 @@ class WideResNet(nn.Module):
         check_init_mode(init_mode)
         planes = [scaled_channels(base, width) for base in (16, 32, 64)]
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
-        stages = []
-        in_planes = 16
-        for index, out_planes in enumerate(planes):
-            blocks = []
-            for block in range(blocks_per_stage):
-                stride = 2 if index > 0 and block == 0 else 1
-                blocks.append(PreActBlock(in_planes, out_planes, stride, dropout))
-                in_planes = out_planes
-            stages.append(nn.Sequential(*blocks))
+        stages = residual_stages(16, planes, blocks_per_stage, partial(PreActBlock, dropout=dropout))
         self.layer1, self.layer2, self.layer3 = stages
-        self.bn = nn.BatchNorm2d(in_planes)
+        self.bn = nn.BatchNorm2d(planes[-1])
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_planes, num_classes)
+        self.fc = nn.Linear(planes[-1], num_classes)
         kaiming_init_(self, init_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
