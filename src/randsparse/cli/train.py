@@ -17,13 +17,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
+from randsparse.cli import EXIT_INTERRUPTED
 from randsparse.errors import ConfigError
 from randsparse.train import Interrupted, RunDir, TrainConfig, apply_overrides, build_config, config_hash, fit
 from randsparse.train.config import read_yaml
 from randsparse.train.distributed import launch_from_env, with_world_size
 
 EXIT_DIVERGED = 1
-EXIT_INTERRUPTED = 130
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
