@@ -6,7 +6,7 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 
 class RandsparseError(Exception):
@@ -68,3 +68,13 @@ def validation_message(error: Any, what: str) -> str:
         )
         problems.append(f"{key}: {message}")
     return f"invalid {what}: " + "; ".join(problems)
+
+
+def is_integer(value: object) -> TypeGuard[int]:
+    """True for a Python int that is not a bool: what a count, seed or size in a config must be."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> TypeGuard[int | float]:
+    """True for an int or float that is not a bool: what a rate, fraction or scale in a config must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

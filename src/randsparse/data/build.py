@@ -18,7 +18,7 @@ from randsparse.data.lookup import find_directory
 from randsparse.data.registry import DatasetEntry, DatasetInfo, ImageTensor, Recipe, get_entry
 from randsparse.data.sets import seeded_generator
 from randsparse.data.transforms import look_like
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_integer, is_real
 
 SPLITS = ("train", "val", "test")
 
@@ -69,11 +69,11 @@ def dataset_info(name: str, root: str | os.PathLike[str] | None = None, **option
 def _check_args(split: str, val_fraction: float, split_seed: int, subset: int | None) -> None:
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if not isinstance(val_fraction, int | float) or isinstance(val_fraction, bool) or not 0 <= val_fraction < 1:
+    if not is_real(val_fraction) or not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
-    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+    if not is_integer(split_seed) or split_seed < 0:
         raise ConfigError(f"split_seed must be a non-negative integer, got {split_seed!r}")
-    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+    if subset is not None and (not is_integer(subset) or subset < 1):
         raise ConfigError(f"subset must be a positive integer, got {subset!r}")
 
 

@@ -25,7 +25,7 @@ from torch.utils.data import (
 
 from randsparse.data.datasets import SeededIndices, one_intra_op_thread
 from randsparse.data.sets import seeded_generator
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_integer
 
 
 class SeededBatchSampler(Sampler[list[int]]):
@@ -83,11 +83,11 @@ def make_loader(
     `workers` > 0 uses persistent worker processes (seeded); `pin_memory` defaults to whether a
     CUDA device is present.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    if not is_integer(workers) or workers < 0:
         raise ConfigError(f"workers must be a non-negative integer, got {workers!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     if not isinstance(dataset, Sized):
         raise ConfigError("make_loader needs a dataset with a length (a map-style dataset)")

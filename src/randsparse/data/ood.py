@@ -24,7 +24,7 @@ from randsparse.data.registry import (
     register_dataset,
 )
 from randsparse.data.sets import seeded_generator
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_integer
 
 # The paper's OOD evaluation pairs (in-distribution -> OOD sets); any registered dataset may also be named.
 OOD_PAIRS: dict[str, tuple[str, ...]] = {
@@ -66,9 +66,9 @@ def _noise_recipe(name: str, like: DatasetInfo | None, size: int | None, seed: i
         raise ConfigError(f"dataset {name!r} needs like=<dataset> (the set whose shape and normalisation it imitates)")
     if size is None:
         size = like.test_size or 10000
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if not is_integer(size) or size < 1:
         raise ConfigError(f"{name}: size must be a positive integer, got {size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ConfigError(f"{name}: seed must be a non-negative integer, got {seed!r}")
     shape = like.shape
 

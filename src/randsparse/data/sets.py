@@ -35,14 +35,14 @@ from randsparse.data.registry import (
     register_dataset,
 )
 from randsparse.data.transforms import resize_square
-from randsparse.errors import ConfigError, FileFormatError
+from randsparse.errors import ConfigError, FileFormatError, is_integer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
 

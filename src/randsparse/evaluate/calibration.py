@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_integer
 from randsparse.storage import atomic_write_bytes
 
 
@@ -81,7 +81,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> flo
 
 
 def _check_bins(bins: int) -> None:
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+    if not is_integer(bins) or bins < 1:
         raise ConfigError(f"bins must be a positive integer, got {bins!r}")
 
 

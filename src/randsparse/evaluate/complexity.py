@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_integer
 from randsparse.evaluate.inference import eval_mode
 from randsparse.sparsity.layers import PrunableSelector, prunable_parameters
 from randsparse.sparsity.masks import MaskSet
@@ -166,7 +166,7 @@ def count_params(model: nn.Module, masks: Masks | None = None, selector: Prunabl
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(input_shape)
-    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+    if not shape or not all(is_integer(d) and d > 0 for d in shape):
         raise ConfigError(f"input_shape must be a non-empty sequence of positive integers (one sample), got {shape!r}")
     return shape
 

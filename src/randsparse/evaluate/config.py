@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from randsparse.errors import ConfigError, validation_message
+from randsparse.errors import ConfigError, is_real, validation_message
 
 OodScoreName = Literal["msp", "max_logit", "energy"]
 
@@ -21,7 +21,7 @@ def _split(value: Any) -> Any:
     """``"a,b"`` → ``["a", "b"]``; a single number becomes a one-item list; lists pass through."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_real(value):
         return [value]
     return value
 
@@ -33,7 +33,7 @@ def _epsilon(value: Any) -> float:
             return float(Fraction(value.strip()))
         except (ValueError, ZeroDivisionError):
             raise ValueError(f"not a number or fraction: {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise ValueError(f"not a number: {value!r}")
     return float(value)
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_real
 from randsparse.registry import Registry, check_options
 
 ModelBuilder = Callable[..., nn.Module]
@@ -59,7 +59,7 @@ def scaled_channels(base: int, width: float) -> int:
 
     Raises `ConfigError` when `width` is not a positive number, so every builder refuses it alike.
     """
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not (0 < width < math.inf):
+    if not is_real(width) or not (0 < width < math.inf):
         raise ConfigError(f"width must be a positive number (e.g. 1.0, 0.5, 2), got {width!r}")
     return max(1, round(base * width))
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_integer
 from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model, scaled_channels
 from randsparse.models.vgg import VGG
 
 
 def _check_count(name: str, value: object, minimum: int, example: str) -> int:
     """`value` if it is an integer >= `minimum`; otherwise a ConfigError saying what would work."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum} (e.g. {example}), got {value!r}")
     return value
 

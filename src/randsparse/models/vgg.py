@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_integer
 from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model, scaled_channels
 
 # Output channels of each conv at width 1; "M" is a 2x2 max pool.
@@ -67,7 +67,7 @@ def vgg(
     Depth names the ImageNet VGG whose convs it keeps (depth - 3 convs: the three FC layers become
     one classifier), as the CIFAR literature does.
     """
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth not in VGG_LAYOUTS:
+    if not is_integer(depth) or depth not in VGG_LAYOUTS:
         raise ConfigError(f"VGG depth must be one of {', '.join(map(str, VGG_LAYOUTS))}, got {depth!r}")
     return VGG(VGG_LAYOUTS[depth], width, num_classes, in_channels, init_mode)
 

@@ -13,7 +13,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_integer, is_real
 from randsparse.models.cifar_resnet import residual_stages
 from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model, scaled_channels
 
@@ -82,9 +82,9 @@ def wrn(
     init_mode: InitMode = "fan_in",
 ) -> WideResNet:
     """WRN-`depth`-`width`: any depth 6n+4 (n >= 1), widening factor `width` (k), optional dropout."""
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 10 or (depth - 4) % 6:
+    if not is_integer(depth) or depth < 10 or (depth - 4) % 6:
         raise ConfigError(f"Wide ResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if not is_real(dropout) or not 0 <= dropout < 1:
         raise ConfigError(f"dropout must be a probability in [0, 1) (e.g. 0.3), got {dropout!r}")
     return WideResNet((depth - 4) // 6, width, num_classes, in_channels, init_mode, float(dropout))
 

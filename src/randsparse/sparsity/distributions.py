@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from randsparse.errors import ConfigError, InfeasibleBudgetError
+from randsparse.errors import ConfigError, InfeasibleBudgetError, is_real
 from randsparse.registry import Registry, check_options
 from randsparse.sparsity.layers import Shape, names_matching
 from randsparse.storage import read_mapping
@@ -83,7 +83,7 @@ def layer_densities(
 
 def check_density(density: float) -> None:
     """Reject a target density (fraction kept) outside (0, 1]."""
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not (0.0 < density <= 1.0):
+    if not is_real(density) or not (0.0 < density <= 1.0):
         raise ConfigError(f"target density must lie in (0, 1] (sparsity in [0, 1)), got density {density!r}")
 
 
@@ -207,7 +207,7 @@ def _erk_raw(shape: Shape, power_scale: float) -> float:
 
 
 def _check_power_scale(value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if not is_real(value) or not math.isfinite(value) or value < 0:
         raise ConfigError(f"erk_power_scale must be a finite number >= 0 (1 is ERK, 0 is uniform), got {value!r}")
 
 
@@ -340,7 +340,7 @@ def resolve_custom_densities(names: list[str], densities: Mapping[str, float]) -
     exact: dict[str, float] = {}
     by_regex: dict[str, tuple[str, float]] = {}
     for key, value in densities.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_real(value):
             raise ConfigError(f"custom density for {key!r} must be a number, got {value!r}")
         if not (0.0 <= value <= 1.0):
             raise ConfigError(f"custom density for {key!r} must lie in [0, 1], got {value!r}")
@@ -382,7 +382,7 @@ def load_custom_densities(path: str | Path) -> dict[str, float]:
         raise ConfigError(f"'{kind}' in {str(path)!r} must map layer names or regexes to numbers")
     out: dict[str, float] = {}
     for key, value in mapping.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_real(value):
             raise ConfigError(f"{kind} for {key!r} in {str(path)!r} must be a number, got {value!r}")
         if not (0.0 <= value <= 1.0):
             raise ConfigError(f"{kind} for {key!r} in {str(path)!r} must lie in [0, 1], got {value}")

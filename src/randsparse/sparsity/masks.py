@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError, first_line
+from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError, first_line, is_integer
 from randsparse.sparsity.layers import Shape, owning_module
 from randsparse.storage import atomic_torch_save
 
@@ -43,7 +43,7 @@ def seed_from(seed: int | torch.Generator) -> int:
     """A non-negative integer seed; a `torch.Generator` is advanced once to provide it."""
     if isinstance(seed, torch.Generator):
         return int(torch.randint(0, 2**62, (1,), generator=seed).item())
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     return seed
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_real
 from randsparse.sparsity.distributions import layer_densities
 from randsparse.sparsity.layers import PrunableSelector, prunable_shapes
 from randsparse.sparsity.masks import MaskSet, Sampling, seed_from
@@ -82,7 +82,7 @@ class SparsityPlan:
 
 def sparsity_to_density(sparsity: float) -> float:
     """Density (fraction kept) of a sparsity (fraction zeroed) in [0, 1); otherwise an error."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (0.0 <= sparsity < 1.0):
+    if not is_real(sparsity) or not (0.0 <= sparsity < 1.0):
         raise ConfigError(f"sparsity must lie in [0, 1), got {sparsity!r}")
     return 1.0 - float(sparsity)
 

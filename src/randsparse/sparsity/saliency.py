@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset, default_collate
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_integer, is_real
 from randsparse.registry import Registry, check_options
 from randsparse.sparsity.distributions import DensityRule, check_density, register_distribution
 from randsparse.sparsity.layers import PrunableSelector, Shape, owning_module, prunable_parameters
@@ -198,7 +198,7 @@ def compute_scores(
 
 
 def _check_input_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(shape, (str, bytes)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+    if isinstance(shape, (str, bytes)) or not all(is_integer(d) for d in shape):
         raise ConfigError(f"input_shape must be a sequence of positive integers such as (3, 32, 32), got {shape!r}")
     if not shape or any(d < 1 for d in shape):
         raise ConfigError(f"input_shape must be a sequence of positive integers such as (3, 32, 32), got {shape!r}")
@@ -206,7 +206,7 @@ def _check_input_shape(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_integer(value) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return value
 
@@ -413,7 +413,7 @@ def grasp(
     model's output: never assumed. ``H g``
     is a Hessian-vector product (double backward), in chunks of `batch_size` examples.
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+    if not is_real(temperature) or not temperature > 0:
         raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
     _check_count(samples_per_class, "samples_per_class")
     model = inp.model

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from randsparse.errors import ConfigError, InfeasibleBudgetError
+from randsparse.errors import ConfigError, InfeasibleBudgetError, is_integer, is_real
 from randsparse.sparsity.distributions import check_density
 from randsparse.sparsity.layers import Shape
 from randsparse.sparsity.masks import MaskSet, kept_count
@@ -54,11 +54,11 @@ def layer_floors(
     A layer's floor is ``max(min_weights_per_output * output units, ceil(min_density * size))``,
     capped at its size; the output units are the weight's first dimension.
     """
-    if isinstance(min_weights_per_output, bool) or not isinstance(min_weights_per_output, int):
+    if not is_integer(min_weights_per_output):
         raise ConfigError(f"min_weights_per_output must be a non-negative integer, got {min_weights_per_output!r}")
     if min_weights_per_output < 0:
         raise ConfigError(f"min_weights_per_output must be a non-negative integer, got {min_weights_per_output!r}")
-    if isinstance(min_density, bool) or not isinstance(min_density, (int, float)) or not (0.0 <= min_density <= 1.0):
+    if not is_real(min_density) or not (0.0 <= min_density <= 1.0):
         raise ConfigError(f"min_density must lie in [0, 1], got {min_density!r}")
     floors = {}
     for name, shape in shapes.items():

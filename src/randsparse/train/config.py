@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from randsparse.errors import ConfigError, validation_message
+from randsparse.errors import ConfigError, is_real, validation_message
 from randsparse.evaluate.config import EvalConfig
 from randsparse.storage import read_mapping
 
@@ -183,7 +183,7 @@ class TrainConfig(_Section):
     @classmethod
     def _sparsity_shorthand(cls, value: Any) -> Any:
         """``sparsity: 0.9`` is short for ``sparsity: {sparsity: 0.9}``."""
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if is_real(value):
             return {"sparsity": value}
         return value
 
