@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from randsparse.errors import DatasetNotFoundError
+from randsparse.errors import ConfigError, DatasetNotFoundError
 from randsparse.experiments import expand, load_study, open_store, run_study
+from randsparse.experiments.executors import Outcome
+from randsparse.experiments.runner import MAX_ATTEMPTS, _record, prepare
 from tests.experiments._studies import write_study
 
 
@@ -72,7 +76,67 @@ def test_a_missing_dataset_stops_the_study_before_any_run(tmp_path) -> None:
     study, base = load_study(write_study(tmp_path / "s.yaml", grid=grid, dense_baselines=False))
     with pytest.raises(DatasetNotFoundError, match="cifar10"):
         run_study(study, base, tmp_path / "study", executor="sequential")
-    assert open_store(tmp_path / "study").counts()["pending"] == 1
+    assert not (tmp_path / "study").exists(), "a refused study wrote its store"
+
+
+def test_a_refused_study_leaves_an_existing_store_untouched(tmp_path) -> None:
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5]}))
+    run_study(study, base, tmp_path / "study", executor="sequential")
+    store = tmp_path / "study" / "results.sqlite"
+    before = open_store(tmp_path / "study").rows(include_old=True)
+    bigger, base = load_study(write_study(tmp_path / "s2.yaml", grid={"sparsity": [0.5, 0.9]}))
+    with pytest.raises(ConfigError, match="workers"):
+        run_study(bigger, base, tmp_path / "study", executor="local", workers=0)
+    assert open_store(tmp_path / "study").rows(include_old=True) == before, "the store was re-synced"
+    assert store.is_file()
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_driver_counts_no_death_against_its_runs(tmp_path) -> None:
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5]}, dense_baselines=False))
+    store, _ = prepare(study, base, tmp_path / "study")
+    run_id = store.rows()[0].id
+    for _ in range(MAX_ATTEMPTS):  # drivers killed while the run was in flight: re-queued each time
+        store.claim(f"{socket.gethostname()}:{_dead_pid()}")
+        assert store.requeue_stale() == [run_id]
+    final = run_study(study, base, tmp_path / "study", executor="sequential")
+    assert final.counts["done"] == 1, open_store(tmp_path / "study").rows()[0].error
+    row = open_store(tmp_path / "study").rows()[0]
+    assert row.deaths == 0 and row.attempts == MAX_ATTEMPTS + 1
+
+
+def test_a_run_fails_after_its_worker_died_max_attempts_times(tmp_path) -> None:
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5]}, dense_baselines=False))
+    store, _ = prepare(study, base, tmp_path / "study")
+    run_id = store.rows()[0].id
+    died = Outcome(run_id, "pending", None, "the worker died", 0.0, worker_died=True)
+    for death in range(1, MAX_ATTEMPTS + 1):
+        store.claim()
+        _record(store, run_id, died, [])
+        row = store.get(run_id)
+        assert row.deaths == death
+        assert row.status == ("failed" if death == MAX_ATTEMPTS else "pending")
+    assert store.retry() == 1 and store.get(run_id).deaths == 0
+
+
+def test_a_study_takes_over_the_runs_of_a_driver_that_dies(tmp_path) -> None:
+    # Another driver (a live process here) holds one run; when it dies, this driver finishes that run
+    # instead of reporting success with the run left `running`.
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5, 0.9]}, dense_baselines=False))
+    store, _ = prepare(study, base, tmp_path / "study")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    held = store.claim(f"{socket.gethostname()}:{other.pid}")
+    reaper = threading.Thread(target=other.wait)
+    reaper.start()
+    final = run_study(study, base, tmp_path / "study", executor="sequential", heartbeat_seconds=0.5)
+    reaper.join()
+    assert final.counts["done"] == 2 and final.counts["running"] == 0
+    assert open_store(tmp_path / "study").get(held.id).completions == 1
 
 
 def test_two_local_workers_complete_the_same_runs_as_sequential(tmp_path) -> None:

@@ -16,13 +16,14 @@ from typing import Any
 
 from randsparse import data as datasets
 from randsparse.experiments.executors import Executor, Outcome, make_executor, run_dir_of
-from randsparse.experiments.store import ResultsStore, owner_id
+from randsparse.experiments.store import FINISHED, ResultsStore, owner_id
 from randsparse.experiments.study import RunSpec, StudyConfig, expand
 
 log = logging.getLogger(__name__)
 
 STORE_NAME = "results.sqlite"
-# A run whose worker process dies this many times (e.g. out of memory) is failed, not retried again.
+# A run whose worker process dies this many times under a live driver (e.g. out of memory) is failed, not
+# retried again; a driver that is killed itself counts no death against its runs.
 MAX_ATTEMPTS = 3
 
 
@@ -55,9 +56,7 @@ def prepare(
         [(s.id, s.config.model_dump(mode="json"), s.point) for s in specs],
         {**study.model_dump(mode="json"), "resolved_base": base},
     )
-    requeued = store.requeue_stale()
-    if requeued:
-        log.info("re-queued %d run(s) of a study process that stopped: %s", len(requeued), ", ".join(requeued))
+    _requeue(store)
     if retry_failed:
         log.info("re-queued %d failed or diverged run(s)", store.retry())
     return store, specs
@@ -90,12 +89,42 @@ def run_study(
     heartbeat_seconds: float = 15.0,
     **executor_options: Any,
 ) -> StudyStatus:
-    """Run every pending run of the study; returns the final counts. Safe to call again to resume."""
-    store, specs = prepare(study, base, study_dir, retry_failed)
-    pending = {row.id for row in store.rows() if row.status == "pending"}
-    check_data([s for s in specs if s.id in pending])
-    owner = owner_id()
+    """Run every pending run of the study; returns the final counts. Safe to call again to resume.
+
+    Everything that can refuse the study (its runs' configs, the executor's options, the datasets)
+    is checked before the store is created or changed. The study ends only when none of its runs is
+    pending or running: runs another driver holds are waited for, and taken over if that driver dies.
+    """
+    specs = expand(study, base)
+    settled = _settled_ids(study_dir, retry_failed)
+    check_data([s for s in specs if s.id not in settled])
     engine: Executor = make_executor(executor, workers=workers, address=address, **executor_options)
+    try:
+        return _drive(study, base, study_dir, engine, retry_failed, on_progress, heartbeat_seconds)
+    finally:
+        engine.shutdown()
+
+
+def _settled_ids(study_dir: str | Path, retry_failed: bool) -> set[str]:
+    """Ids of the runs an existing store says will not run again (none when there is no store yet)."""
+    if not (Path(study_dir) / STORE_NAME).is_file():
+        return set()
+    settled = ("done",) if retry_failed else FINISHED
+    return {row.id for row in open_store(study_dir).rows(include_old=True) if row.status in settled}
+
+
+def _drive(
+    study: StudyConfig,
+    base: dict[str, Any],
+    study_dir: str | Path,
+    engine: Executor,
+    retry_failed: bool,
+    on_progress: Callable[[StudyStatus], None] | None,
+    heartbeat_seconds: float,
+) -> StudyStatus:
+    """The driver loop: claim, submit, record, heartbeat, until no run is pending or running."""
+    store, _ = prepare(study, base, study_dir, retry_failed)
+    owner = owner_id()
     in_flight: dict[Any, str] = {}
     durations: list[float] = []
     last_beat = time.monotonic()
@@ -119,15 +148,21 @@ def run_study(
                     break
                 handle = engine.submit(row.id, row.spec, run_dir_of(study_dir, row.id))
                 in_flight[handle] = row.id
-            report()
+            status = report()
             if not in_flight:
-                break
+                if stopping or status.counts["running"] == 0:
+                    break
+                # Another driver holds the rest: wait for it, and take its runs over if it dies.
+                time.sleep(heartbeat_seconds)
+                _requeue(store)
+                continue
             for handle, outcome in engine.wait(list(in_flight), timeout=heartbeat_seconds):
                 run_id = in_flight.pop(handle)
                 _record(store, run_id, outcome, durations)
                 stopping = stopping or outcome.interrupted
             if time.monotonic() - last_beat >= heartbeat_seconds:
                 store.heartbeat(in_flight.values(), owner)
+                _requeue(store)
                 last_beat = time.monotonic()
     except BaseException:
         # Ctrl-C or an error in the driver: stop the runs, hand them back; they resume next time.
@@ -135,17 +170,22 @@ def run_study(
         for run_id in in_flight.values():
             store.finish(run_id, "pending", error="the study process stopped while it ran")
         raise
-    finally:
-        engine.shutdown()
     if stopping:
         raise KeyboardInterrupt
     return report()
 
 
+def _requeue(store: ResultsStore) -> None:
+    """Hand back the runs of drivers that died meanwhile, so this one finishes them."""
+    requeued = store.requeue_stale()
+    if requeued:
+        log.info("re-queued %d run(s) of a study process that stopped: %s", len(requeued), ", ".join(requeued))
+
+
 def _record(store: ResultsStore, run_id: str, outcome: Outcome, durations: list[float]) -> None:
-    if outcome.worker_died and store.get(run_id).attempts >= MAX_ATTEMPTS:
+    if outcome.worker_died and store.get(run_id).deaths + 1 >= MAX_ATTEMPTS:
         outcome = replace(outcome, status="failed", error=f"{outcome.error}, {MAX_ATTEMPTS} times")
-    store.finish(run_id, outcome.status, outcome.metrics, outcome.error, outcome.seconds)
+    store.finish(run_id, outcome.status, outcome.metrics, outcome.error, outcome.seconds, died=outcome.worker_died)
     if outcome.status == "done":
         durations.append(outcome.seconds)
         log.info("run %s done in %.0f s", run_id, outcome.seconds)

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS runs (
     host        TEXT,
     pid         INTEGER,
     attempts    INTEGER NOT NULL DEFAULT 0,
+    deaths      INTEGER NOT NULL DEFAULT 0,
     completions INTEGER NOT NULL DEFAULT 0,
     created_at  REAL NOT NULL,
     started_at  REAL,
@@ -61,9 +62,10 @@ class RunRow:
     metrics: dict[str, Any] | None
     error: str | None
     host: str | None
-    attempts: int
+    attempts: int  # times a driver started it
     completions: int
     seconds: float | None
+    deaths: int = 0  # times the process running it died under a live driver (killed, out of memory)
 
 
 def owner_id() -> str:
@@ -91,6 +93,9 @@ class ResultsStore:
             db = self._connect()
             try:
                 db.executescript(_SCHEMA)  # runs in its own transaction
+                columns = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+                if "deaths" not in columns:  # a store made before worker deaths were counted apart
+                    db.execute("ALTER TABLE runs ADD COLUMN deaths INTEGER NOT NULL DEFAULT 0")
             finally:
                 db.close()
         except sqlite3.DatabaseError as exc:
@@ -180,14 +185,20 @@ class ResultsStore:
         metrics: dict[str, Any] | None = None,
         error: str | None = None,
         seconds: float | None = None,
+        died: bool = False,
     ) -> None:
-        """Record a run's outcome; `status` ``pending`` hands it back (e.g. interrupted)."""
+        """Record a run's outcome; `status` ``pending`` hands it back (e.g. interrupted).
+
+        `died` counts a death of the process that ran it (see `RunRow.deaths`); a driver that is
+        itself killed records nothing, so its runs are re-queued without a death against them.
+        """
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         with self._transaction() as db:
             db.execute(
                 "UPDATE runs SET status = ?, metrics = COALESCE(?, metrics), error = ?, finished_at = ?,"
-                " seconds = COALESCE(?, seconds), completions = completions + ?, owner = NULL WHERE id = ?",
+                " seconds = COALESCE(?, seconds), completions = completions + ?, deaths = deaths + ?,"
+                " owner = NULL WHERE id = ?",
                 (
                     status,
                     json.dumps(metrics) if metrics is not None else None,
@@ -195,6 +206,7 @@ class ResultsStore:
                     time.time() if status in FINISHED else None,
                     seconds,
                     1 if status == "done" else 0,
+                    1 if died else 0,
                     run_id,
                 ),
             )
@@ -224,7 +236,8 @@ class ResultsStore:
         with self._transaction() as db:
             marks = ",".join("?" * len(statuses))
             cursor = db.execute(
-                f"UPDATE runs SET status = 'pending', error = NULL WHERE in_study = 1 AND status IN ({marks})",
+                "UPDATE runs SET status = 'pending', error = NULL, deaths = 0"
+                f" WHERE in_study = 1 AND status IN ({marks})",
                 statuses,
             )
             return cursor.rowcount
@@ -271,6 +284,7 @@ class ResultsStore:
                 attempts=r["attempts"],
                 completions=r["completions"],
                 seconds=r["seconds"],
+                deaths=r["deaths"],
             )
             for r in found
         ]
