@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from randsparse.accel import SparseConv2d, SparseLinear, calibrate, dispatch_report, set_dispatch
-from randsparse.accel import modules as accel_modules
+from randsparse.accel import dispatch as accel_modules
 from randsparse.errors import ConfigError
 
 TOLERANCE = 1e-5

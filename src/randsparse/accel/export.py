@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from randsparse.accel.dispatch import DispatchMode, replace_module, set_dispatch
 from randsparse.accel.encoding import decode_mask, encode_mask, payload_bytes
-from randsparse.accel.modules import DispatchMode, SparseConv2d, SparseLinear, set_dispatch
+from randsparse.accel.sparse_conv import SparseConv2d
+from randsparse.accel.sparse_linear import SparseLinear
 from randsparse.errors import ConfigError, FileFormatError, RandsparseError, first_line
 from randsparse.models import build
 from randsparse.sparsity.layers import owning_module
@@ -255,8 +257,7 @@ def _replace(model: nn.Module, weight_name: str, mask: torch.Tensor, mode: Dispa
         sparse = SparseConv2d.from_dense(module, mask, mode)
     else:
         return False
-    parent_name, _, child = weight_name.rpartition(".")[0].rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, sparse)
+    replace_module(model, weight_name.rpartition(".")[0], sparse)
     return True
 
 
@@ -264,7 +265,9 @@ def load(source: str | Path | bytes, mode: DispatchMode = "auto") -> nn.Module:
     """Rebuild the model written by `export_model` (a path, or the bytes of such a file), in eval mode.
 
     Pruned Linear and Conv2d layers become `SparseLinear` / `SparseConv2d` running in `mode`
-    (``auto``: each layer measures dense against sparse once per input shape and keeps the faster).
+    (``auto``: each layer measures dense against sparse once per input shape and keeps the faster;
+    `randsparse.accel.calibrate` then turns layers that stay dense back into plain layers), except
+    in ``dense`` mode, where they stay the plain `nn.Linear` / `nn.Conv2d` with the masked weight.
     A missing, corrupt or foreign file raises `FileFormatError`.
     """
     content = _read(source)
@@ -289,7 +292,7 @@ def load(source: str | Path | bytes, mode: DispatchMode = "auto") -> nn.Module:
             )
         with torch.no_grad():
             current.copy_(weight)  # so the dense module is right if it is not replaced
-        if _replace(model, name, mask, mode):
+        if mode != "dense" and _replace(model, name, mask, mode):  # dense: the plain layer, no wrapper
             replaced.add(name)
         else:
             dense[name] = weight
