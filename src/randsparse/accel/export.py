@@ -91,17 +91,15 @@ def _build(spec: Mapping[str, Any], device: str | torch.device) -> nn.Module:
 
 def _check_fits(model: nn.Module, spec: dict[str, Any]) -> None:
     """Refuse a spec whose architecture does not have exactly `model`'s state-dict entries and shapes."""
-    rebuilt = _build(spec, "meta").state_dict()
-    mine = model.state_dict()
-    for name, tensor in mine.items():
-        if name not in rebuilt:
-            raise ConfigError(f"model_spec {spec['name']!r} builds a model without {name!r}; is the spec the model's?")
-        if tuple(rebuilt[name].shape) != tuple(tensor.shape):
-            raise ConfigError(
-                f"model_spec builds {name!r} with shape {tuple(rebuilt[name].shape)},"
-                f" the model has {tuple(tensor.shape)}"
-            )
-    missing = sorted(set(rebuilt) - set(mine))
+    rebuilt = {name: tuple(t.shape) for name, t in _build(spec, "meta").state_dict().items()}
+    mine = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for name, shape in mine.items():
+        if rebuilt.get(name, shape) != shape:
+            raise ConfigError(f"model_spec builds {name!r} with shape {rebuilt[name]}, the model has {shape}")
+    absent = [name for name in mine if name not in rebuilt]
+    if absent:
+        raise ConfigError(f"model_spec {spec['name']!r} builds a model without {absent[0]!r}; is the spec the model's?")
+    missing = sorted(rebuilt.keys() - mine.keys())
     if missing:
         raise ConfigError(f"model_spec builds entries the model lacks, e.g. {missing[0]!r}")
 
