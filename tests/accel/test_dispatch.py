@@ -9,7 +9,7 @@ from torch import nn
 from randsparse.accel import SparseConv2d, SparseLinear, calibrate, dispatch_report, sparse_modules
 from randsparse.accel import dispatch as accel_dispatch
 from randsparse.accel.bench import build_seeded
-from randsparse.accel.export import export_bytes, load
+from randsparse.accel.export import export_bytes, load, to_sparse
 from randsparse.sparsity import plan_sparsity
 
 
@@ -77,7 +77,7 @@ def test_the_whole_model_check_is_against_the_plain_dense_model(monkeypatch: pyt
 
 
 def test_a_model_loaded_in_dense_mode_has_only_plain_layers() -> None:
-    spec = {"name": "mlp", "num_classes": 10, "in_channels": 1, "options": {"image_size": 8}}
+    spec = {"name": "mlp", "num_classes": 10, "in_channels": 1, "options": {"image_size": 8, "hidden": 32}}
     model = build_seeded(spec, seed=0)
     masks = plan_sparsity(model, 0.9, "erk", seed=0).masks
     masks.apply_(model)
@@ -87,3 +87,13 @@ def test_a_model_loaded_in_dense_mode_has_only_plain_layers() -> None:
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
+def test_to_sparse_in_dense_mode_keeps_the_plain_layers_masked() -> None:
+    plain, _ = _model()
+    masks = {"0.weight": plain[0].weight != 0, "3.weight": plain[3].weight != 0}
+    with torch.no_grad():
+        plain[0].weight.add_(1.0)  # the copy must be masked again
+    dense = to_sparse(plain, masks, mode="dense")
+    assert [type(m) for m in dense] == [nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear]
+    assert torch.equal(dense[0].weight != 0, masks["0.weight"])

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from randsparse.accel.dispatch import DispatchMode, replace_module, set_dispatch
+from randsparse.accel.dispatch import DispatchMode, check_mode, replace_module, set_dispatch
 from randsparse.accel.encoding import decode_mask, encode_mask, payload_bytes
 from randsparse.accel.sparse_conv import SparseConv2d
 from randsparse.accel.sparse_linear import SparseLinear
@@ -234,10 +234,15 @@ def _empty_model(spec: dict[str, Any]) -> nn.Module:
 
 
 def to_sparse(model: nn.Module, masks: Mapping[str, torch.Tensor], mode: DispatchMode = "auto") -> nn.Module:
-    """A copy of `model` with each masked Linear / zero-padded Conv2d replaced by its sparse module."""
+    """A copy of `model` with each masked Linear / zero-padded Conv2d replaced by its sparse module.
+
+    In ``dense`` mode nothing is wrapped: the copy keeps its plain layers, with `masks` applied.
+    """
     mask_set = masks if isinstance(masks, MaskSet) else MaskSet(masks)
     mask_set.validate(model)
     model = copy.deepcopy(model)
+    if check_mode(mode) == "dense":
+        return mask_set.apply_(model).eval()
     for name, mask in mask_set.items():
         _replace(model, name, mask, mode)
     return model.eval()
