@@ -2,9 +2,10 @@
 
 Every kernel takes the nonzeros of each output row (a Linear's output feature, a conv's output
 channel) padded to whole groups of `GROUP` entries; padding entries have value 0 and point at a
-valid input position, so the inner loops always combine `GROUP` terms per pass over the data and
-need no remainder code. Kernels are compiled on first use and cached on disk (``cache=True``);
-they run on `torch.get_num_threads()` threads (see `sync_threads`).
+valid input position (for a grouped conv, a channel of the row's own group), so the inner loops
+always combine `GROUP` terms per pass over the data and need no remainder code. Kernels are
+compiled on first use and cached on disk (``cache=True``); they run on `torch.get_num_threads()`
+threads (see `sync_threads`).
 """
 
 from __future__ import annotations
