@@ -15,11 +15,12 @@ import tracemalloc
 
 import torch
 
+from _verdict import verdict
 from randsparse.models import build
 from randsparse.sparsity import MaskSet, layer_densities, prunable_shapes
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="wide_resnet50_2")
     parser.add_argument("--num-classes", type=int, default=1000)
@@ -52,7 +53,10 @@ def main() -> None:
     print(f"time to build masks (median of {args.repeats}): {statistics.median(times):.3f} s  (target < 2 s)")
     print(f"mask storage: {stored / 2**20:.1f} MiB = {stored / weights:.3f} bytes/weight  (target <= 1)")
     print(f"peak memory while drawing (tracemalloc): {peak / 2**20:.1f} MiB = {peak / weights:.3f} bytes/weight")
+    median = statistics.median(times)
+    status = verdict(median < 2, f"masks built in {median:.3f} s (target < 2 s)")
+    return status | verdict(stored <= weights, f"{stored / weights:.3f} bytes/weight stored (target <= 1)")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

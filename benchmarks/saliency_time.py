@@ -20,13 +20,14 @@ import time
 
 import torch
 
+from _verdict import verdict
 from randsparse.models import build
 from randsparse.sparsity import plan_sparsity
 
 TARGET_S = {"snip": 30.0, "grasp": 30.0}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet56")
     parser.add_argument("--batch", type=int, default=128)
@@ -60,13 +61,16 @@ def main() -> None:
             assert abs(plan.kept - (1 - args.sparsity) * plan.params) <= len(plan.layers)
 
     print(f"{args.model}, batch {args.batch}x3x32x32, sparsity {args.sparsity}, {args.threads} thread(s)")
+    status = 0
     for method, seconds in times.items():
         median = statistics.median(seconds)
-        target = TARGET_S.get(method)
-        verdict = "" if target is None else f"  target < {target:g} s: {'ok' if median < target else 'MISSED'}"
         runs = ", ".join(f"{s:.2f}" for s in seconds)
-        print(f"{method:>9}_ratio: median {median:6.2f} s  (runs: {runs}){verdict}")
+        print(f"{method:>9}_ratio: median {median:6.2f} s  (runs: {runs})")
+        target = TARGET_S.get(method)
+        if target is not None:
+            status |= verdict(median < target, f"{method}_ratio median {median:.2f} s (target < {target:g} s)")
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -14,12 +14,13 @@ import argparse
 
 import torch
 
+from _verdict import verdict
 from randsparse.accel.bench import bench_model, bench_spec, shape_summary
 
 TARGET = 0.95
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet20,resnet56,vgg11,vgg16")
     parser.add_argument("--sparsity", default="0.5,0.8,0.9,0.95,0.98")
@@ -51,9 +52,8 @@ def main() -> None:
                         f" direct {item.sparse_ms:7.3f} ms -> {item.kernel_speedup:5.2f}x,"
                         f" sparse in {item.chosen_sparse}/{item.layers}"
                     )
-    verdict = "PASS" if worst >= TARGET else "FAIL"
-    print(f"{verdict}: slowest exported/dense speed-up {worst:.2f}x (target >= {TARGET}x)")
+    return verdict(worst >= TARGET, f"slowest exported/dense speed-up {worst:.2f}x (target >= {TARGET}x)")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

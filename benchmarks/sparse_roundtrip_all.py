@@ -12,6 +12,7 @@ import argparse
 
 import torch
 
+from _verdict import verdict
 from randsparse.accel.bench import bench_spec, build_seeded, relative_error
 from randsparse.accel.export import export_bytes, load
 from randsparse.models import available_models
@@ -20,7 +21,7 @@ from randsparse.sparsity import plan_sparsity
 TOLERANCE = 1e-5
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("sparse", "auto"), default="sparse")
     parser.add_argument("--batch", type=int, default=2)
@@ -42,9 +43,8 @@ def main() -> None:
                 errors.append(relative_error(loaded(x), masked(x)))
         worst = max(worst, *errors)
         print(f"{name:18s} rel err at 0.5: {errors[0]:.1e}, at 0.95: {errors[1]:.1e}")
-    verdict = "PASS" if worst <= TOLERANCE else "FAIL"
-    print(f"{verdict}: worst relative error {worst:.1e} (tolerance {TOLERANCE})")
+    return verdict(worst <= TOLERANCE, f"worst relative error {worst:.1e} (tolerance {TOLERANCE})")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

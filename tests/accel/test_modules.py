@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from randsparse.accel import SparseConv2d, SparseLinear, calibrate, dispatch_report, set_dispatch
-from randsparse.accel import modules as accel_modules
+from randsparse.accel import dispatch as accel_dispatch
 from randsparse.errors import ConfigError
 
 TOLERANCE = 1e-5
@@ -163,8 +163,8 @@ def test_a_sparse_kernel_must_beat_dense_by_the_margin_to_be_chosen(
     monkeypatch: pytest.MonkeyPatch, dense: float, sparse: float, expected: str
 ) -> None:
     clock = _FakeClock()
-    monkeypatch.setattr(accel_modules.time, "perf_counter", clock.perf_counter)
-    decision, _ = accel_modules.measure_candidates(
+    monkeypatch.setattr(accel_dispatch.time, "perf_counter", clock.perf_counter)
+    decision, _ = accel_dispatch.measure_candidates(
         {"dense": clock.candidate(dense), "sparse": clock.candidate(sparse)}, torch.zeros(1)
     )
     assert decision.choice == expected
@@ -206,13 +206,13 @@ def test_calibrate_falls_back_to_dense_when_the_chosen_layers_slow_the_model(mon
     sparse = model[0]
 
     def always_sparse(candidates: dict, x: torch.Tensor) -> tuple:
-        return accel_modules.Decision((), "sparse", {"dense": 1.0, "sparse": 0.1}), candidates["sparse"](x)
+        return accel_dispatch.Decision((), "sparse", {"dense": 1.0, "sparse": 0.1}), candidates["sparse"](x)
 
     def slow_sparse(x: torch.Tensor) -> torch.Tensor:
         time.sleep(0.003)
         return sparse._dense(x)
 
-    monkeypatch.setattr(accel_modules, "measure_candidates", always_sparse)
+    monkeypatch.setattr(accel_dispatch, "measure_candidates", always_sparse)
     monkeypatch.setattr(sparse, "_sparse", slow_sparse)
     x = torch.randn(2, 8)
     assert [r.choice for r in calibrate(model, x, check_model=False)] == ["sparse"]

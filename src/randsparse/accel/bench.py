@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from randsparse.accel.dispatch import calibrate, dispatch_report
 from randsparse.accel.export import check_model_spec, export_bytes, load
-from randsparse.accel.modules import calibrate, dispatch_report
 from randsparse.errors import ConfigError
 from randsparse.evaluate.complexity import count_flops
 from randsparse.models import build, model_options

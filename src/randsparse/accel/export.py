@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from randsparse.accel.dispatch import DispatchMode, check_mode, replace_module, set_dispatch
 from randsparse.accel.encoding import decode_mask, encode_mask, payload_bytes
-from randsparse.accel.modules import DispatchMode, SparseConv2d, SparseLinear, set_dispatch
+from randsparse.accel.sparse_conv import SparseConv2d
+from randsparse.accel.sparse_linear import SparseLinear
 from randsparse.errors import ConfigError, FileFormatError, RandsparseError, first_line
 from randsparse.models import build
 from randsparse.sparsity.layers import owning_module
@@ -89,17 +91,15 @@ def _build(spec: Mapping[str, Any], device: str | torch.device) -> nn.Module:
 
 def _check_fits(model: nn.Module, spec: dict[str, Any]) -> None:
     """Refuse a spec whose architecture does not have exactly `model`'s state-dict entries and shapes."""
-    rebuilt = _build(spec, "meta").state_dict()
-    mine = model.state_dict()
-    for name, tensor in mine.items():
-        if name not in rebuilt:
-            raise ConfigError(f"model_spec {spec['name']!r} builds a model without {name!r}; is the spec the model's?")
-        if tuple(rebuilt[name].shape) != tuple(tensor.shape):
-            raise ConfigError(
-                f"model_spec builds {name!r} with shape {tuple(rebuilt[name].shape)},"
-                f" the model has {tuple(tensor.shape)}"
-            )
-    missing = sorted(set(rebuilt) - set(mine))
+    rebuilt = {name: tuple(t.shape) for name, t in _build(spec, "meta").state_dict().items()}
+    mine = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for name, shape in mine.items():
+        if rebuilt.get(name, shape) != shape:
+            raise ConfigError(f"model_spec builds {name!r} with shape {rebuilt[name]}, the model has {shape}")
+    absent = [name for name in mine if name not in rebuilt]
+    if absent:
+        raise ConfigError(f"model_spec {spec['name']!r} builds a model without {absent[0]!r}; is the spec the model's?")
+    missing = sorted(rebuilt.keys() - mine.keys())
     if missing:
         raise ConfigError(f"model_spec builds entries the model lacks, e.g. {missing[0]!r}")
 
@@ -234,10 +234,15 @@ def _empty_model(spec: dict[str, Any]) -> nn.Module:
 
 
 def to_sparse(model: nn.Module, masks: Mapping[str, torch.Tensor], mode: DispatchMode = "auto") -> nn.Module:
-    """A copy of `model` with each masked Linear / zero-padded Conv2d replaced by its sparse module."""
+    """A copy of `model` with each masked Linear / zero-padded Conv2d replaced by its sparse module.
+
+    In ``dense`` mode nothing is wrapped: the copy keeps its plain layers, with `masks` applied.
+    """
     mask_set = masks if isinstance(masks, MaskSet) else MaskSet(masks)
     mask_set.validate(model)
     model = copy.deepcopy(model)
+    if check_mode(mode) == "dense":
+        return mask_set.apply_(model).eval()
     for name, mask in mask_set.items():
         _replace(model, name, mask, mode)
     return model.eval()
@@ -255,8 +260,7 @@ def _replace(model: nn.Module, weight_name: str, mask: torch.Tensor, mode: Dispa
         sparse = SparseConv2d.from_dense(module, mask, mode)
     else:
         return False
-    parent_name, _, child = weight_name.rpartition(".")[0].rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, sparse)
+    replace_module(model, weight_name.rpartition(".")[0], sparse)
     return True
 
 
@@ -264,7 +268,9 @@ def load(source: str | Path | bytes, mode: DispatchMode = "auto") -> nn.Module:
     """Rebuild the model written by `export_model` (a path, or the bytes of such a file), in eval mode.
 
     Pruned Linear and Conv2d layers become `SparseLinear` / `SparseConv2d` running in `mode`
-    (``auto``: each layer measures dense against sparse once per input shape and keeps the faster).
+    (``auto``: each layer measures dense against sparse once per input shape and keeps the faster;
+    `randsparse.accel.calibrate` then turns layers that stay dense back into plain layers), except
+    in ``dense`` mode, where they stay the plain `nn.Linear` / `nn.Conv2d` with the masked weight.
     A missing, corrupt or foreign file raises `FileFormatError`.
     """
     content = _read(source)
@@ -289,7 +295,7 @@ def load(source: str | Path | bytes, mode: DispatchMode = "auto") -> nn.Module:
             )
         with torch.no_grad():
             current.copy_(weight)  # so the dense module is right if it is not replaced
-        if _replace(model, name, mask, mode):
+        if mode != "dense" and _replace(model, name, mask, mode):  # dense: the plain layer, no wrapper
             replaced.add(name)
         else:
             dense[name] = weight

@@ -2,9 +2,10 @@
 
 Every kernel takes the nonzeros of each output row (a Linear's output feature, a conv's output
 channel) padded to whole groups of `GROUP` entries; padding entries have value 0 and point at a
-valid input position, so the inner loops always combine `GROUP` terms per pass over the data and
-need no remainder code. Kernels are compiled on first use and cached on disk (``cache=True``);
-they run on `torch.get_num_threads()` threads (see `sync_threads`).
+valid input position (for a grouped conv, a channel of the row's own group), so the inner loops
+always combine `GROUP` terms per pass over the data and need no remainder code. Kernels are
+compiled on first use and cached on disk (``cache=True``); they run on `torch.get_num_threads()`
+threads (see `sync_threads`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,32 @@ def pad_rows(counts: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]
     return (rowptr, *out)
 
 
+# The loads of one group of `GROUP` nonzeros, shared by the kernels' passes (inlined by numba: no call).
+
+
+@njit(inline="always")
+def _group_values(vals, j):  # pragma: no cover - compiled
+    """The values of nonzeros j .. j+3."""
+    return vals[j], vals[j + 1], vals[j + 2], vals[j + 3]
+
+
+@njit(inline="always")
+def _group_rows(xt, cols, j):  # pragma: no cover - compiled
+    """The input rows (feature-major) nonzeros j .. j+3 multiply."""
+    return xt[cols[j]], xt[cols[j + 1]], xt[cols[j + 2]], xt[cols[j + 3]]
+
+
+@njit(inline="always")
+def _group_runs(xf, offsets, j, p0, length):  # pragma: no cover - compiled
+    """The `length`-long runs of the gathered input nonzeros j .. j+3 multiply, from tile start `p0`."""
+    return (
+        xf[offsets[j] + p0 : offsets[j] + p0 + length],
+        xf[offsets[j + 1] + p0 : offsets[j + 1] + p0 + length],
+        xf[offsets[j + 2] + p0 : offsets[j + 2] + p0 + length],
+        xf[offsets[j + 3] + p0 : offsets[j + 3] + p0 + length],
+    )
+
+
 # Side of the square blocks `transpose` copies: 16 floats = one cache line.
 _TILE = 16
 
@@ -119,25 +146,13 @@ def csr_matmat(rowptr, cols, vals, bias, xt, yt):  # pragma: no cover - compiled
         row = yt[o]
         j0 = rowptr[o]
         bo = bias[o]
-        v0 = vals[j0]
-        v1 = vals[j0 + 1]
-        v2 = vals[j0 + 2]
-        v3 = vals[j0 + 3]
-        x0 = xt[cols[j0]]
-        x1 = xt[cols[j0 + 1]]
-        x2 = xt[cols[j0 + 2]]
-        x3 = xt[cols[j0 + 3]]
+        v0, v1, v2, v3 = _group_values(vals, j0)
+        x0, x1, x2, x3 = _group_rows(xt, cols, j0)
         for b in range(batch):
             row[b] = bo + ((v0 * x0[b] + v1 * x1[b]) + (v2 * x2[b] + v3 * x3[b]))
         for j in range(j0 + 4, rowptr[o + 1], 4):
-            v0 = vals[j]
-            v1 = vals[j + 1]
-            v2 = vals[j + 2]
-            v3 = vals[j + 3]
-            x0 = xt[cols[j]]
-            x1 = xt[cols[j + 1]]
-            x2 = xt[cols[j + 2]]
-            x3 = xt[cols[j + 3]]
+            v0, v1, v2, v3 = _group_values(vals, j)
+            x0, x1, x2, x3 = _group_rows(xt, cols, j)
             for b in range(batch):
                 row[b] += (v0 * x0[b] + v1 * x1[b]) + (v2 * x2[b] + v3 * x3[b])
 
@@ -225,37 +240,19 @@ def conv2d_direct(xq, rowptr, offsets, vals, bias, out, tiles, k_chunk, wq, plan
             bk = bias[k]
             single = j1 - j0 == 4
             if not single:  # all passes but the last accumulate in the scratch row
-                v0 = vals[j0]
-                v1 = vals[j0 + 1]
-                v2 = vals[j0 + 2]
-                v3 = vals[j0 + 3]
-                s0 = xf[offsets[j0] + p0 : offsets[j0] + p0 + length]
-                s1 = xf[offsets[j0 + 1] + p0 : offsets[j0 + 1] + p0 + length]
-                s2 = xf[offsets[j0 + 2] + p0 : offsets[j0 + 2] + p0 + length]
-                s3 = xf[offsets[j0 + 3] + p0 : offsets[j0 + 3] + p0 + length]
+                v0, v1, v2, v3 = _group_values(vals, j0)
+                s0, s1, s2, s3 = _group_runs(xf, offsets, j0, p0, length)
                 for q in range(length):
                     acc[q] = bk + ((v0 * s0[q] + v1 * s1[q]) + (v2 * s2[q] + v3 * s3[q]))
                 for j in range(j0 + 4, j1 - 4, 4):
-                    v0 = vals[j]
-                    v1 = vals[j + 1]
-                    v2 = vals[j + 2]
-                    v3 = vals[j + 3]
-                    s0 = xf[offsets[j] + p0 : offsets[j] + p0 + length]
-                    s1 = xf[offsets[j + 1] + p0 : offsets[j + 1] + p0 + length]
-                    s2 = xf[offsets[j + 2] + p0 : offsets[j + 2] + p0 + length]
-                    s3 = xf[offsets[j + 3] + p0 : offsets[j + 3] + p0 + length]
+                    v0, v1, v2, v3 = _group_values(vals, j)
+                    s0, s1, s2, s3 = _group_runs(xf, offsets, j, p0, length)
                     for q in range(length):
                         acc[q] += (v0 * s0[q] + v1 * s1[q]) + (v2 * s2[q] + v3 * s3[q])
             # the last pass writes the valid columns of each output row
             j = j1 - 4
-            v0 = vals[j]
-            v1 = vals[j + 1]
-            v2 = vals[j + 2]
-            v3 = vals[j + 3]
-            s0 = xf[offsets[j] + p0 : offsets[j] + p0 + length]
-            s1 = xf[offsets[j + 1] + p0 : offsets[j + 1] + p0 + length]
-            s2 = xf[offsets[j + 2] + p0 : offsets[j + 2] + p0 + length]
-            s3 = xf[offsets[j + 3] + p0 : offsets[j + 3] + p0 + length]
+            v0, v1, v2, v3 = _group_values(vals, j)
+            s0, s1, s2, s3 = _group_runs(xf, offsets, j, p0, length)
             for n in range(n0, n1):
                 first_row = oh0 if n1 - n0 == 1 else 0
                 last_row = oh1 if n1 - n0 == 1 else ho

@@ -12,28 +12,25 @@ and averaged over examples (range [0, 2]).
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from randsparse.errors import ConfigError, is_integer
+from randsparse.evaluate.record import MetricRecord
 from randsparse.storage import atomic_write_bytes
 
 
 @dataclass(frozen=True)
-class CalibrationResult:
+class CalibrationResult(MetricRecord):
     """Calibration numbers of one set of predictions (lower is better for all)."""
 
     ece: float
     mce: float
     nll: float
     brier: float
-
-    def to_dict(self) -> dict[str, float]:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from randsparse.errors import ConfigError
+from randsparse.evaluate.record import MetricRecord
 from randsparse.registry import Registry
 
 OodScore = Callable[..., torch.Tensor]
@@ -69,17 +70,13 @@ def ood_score(name: str, logits: torch.Tensor, **options: float) -> torch.Tensor
 
 
 @dataclass(frozen=True)
-class OodMetrics:
+class OodMetrics(MetricRecord):
     """Detection quality of one score on one in-distribution / OOD pair."""
 
     auroc: float
     aupr_in: float
     aupr_out: float
     fpr95: float
-
-    def to_dict(self) -> dict[str, float]:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 def _ranks(scores: torch.Tensor) -> torch.Tensor:
