@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 from randsparse.errors import ConfigError
+from randsparse.train.identity import config_hash
 from randsparse.train.config import (
     TrainConfig,
     apply_overrides,
     build_config,
-    config_hash,
     dump_config,
     load_config,
     parse_override,

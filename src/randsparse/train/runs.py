@@ -13,7 +13,8 @@ from randsparse import data as datasets
 from randsparse.errors import FileFormatError, MaskMismatchError, first_line
 from randsparse.sparsity import MaskSet, prunable_shapes
 from randsparse.train.checkpoint import load_checkpoint
-from randsparse.train.config import TrainConfig, config_hash
+from randsparse.train.config import TrainConfig
+from randsparse.train.identity import checkpoint_matches
 from randsparse.train.rundir import RunDir
 from randsparse.train.setup import build_model, model_spec
 
@@ -46,7 +47,7 @@ def load_run(run_dir: str | Path, which: Literal["best", "last"] = "best") -> Lo
     config = run.read_config()
     path = run.best_checkpoint if which == "best" else run.last_checkpoint
     state = load_checkpoint(path)
-    if state["config_hash"] != config_hash(config):
+    if not checkpoint_matches(state, config, repr(str(path))):
         raise FileFormatError(f"{str(path)!r} was not written by the config in {str(run.config_file)!r}")
     info = datasets.dataset_info(config.data.name, root=config.data.root, **config.data.options)
     with torch.random.fork_rng(devices=[]):  # initial weights are overwritten: leave the global RNG alone
