@@ -8,7 +8,6 @@ import pytest
 import yaml
 
 from randsparse.errors import ConfigError
-from randsparse.train.identity import config_hash
 from randsparse.train.config import (
     TrainConfig,
     apply_overrides,
@@ -17,6 +16,7 @@ from randsparse.train.config import (
     load_config,
     parse_override,
 )
+from randsparse.train.identity import config_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"model": {"name": "small_cnn"}, "data": {"name": "synthetic"}}
