@@ -131,10 +131,11 @@ def test_runs_that_differ_in_another_grid_key_are_not_averaged_together(tmp_path
         ({"name": "small_cnn"}, None, 1.0),
     ],
 )
-def test_model_size_is_read_from_knobs_or_the_name(model, depth, width) -> None:
-    from randsparse.experiments.report import _depth_and_width
+def test_model_size_is_read_from_knobs_or_the_registry(model, depth, width) -> None:
+    from randsparse.experiments.report import _architecture
 
-    assert _depth_and_width(model) == (depth, width)
+    architecture = _architecture(model)
+    assert (architecture["depth"], architecture["width"]) == (depth, width)
 
 
 def test_mask_mode_runs_are_labelled_apart_from_random_ratio_runs(tmp_path) -> None:

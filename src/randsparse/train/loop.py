@@ -35,6 +35,7 @@ from randsparse.data import SeededIndices, build_ood
 from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError, RandsparseError
 from randsparse.evaluate.complexity import count_flops, count_params
 from randsparse.evaluate.trained import evaluate_trained
+from randsparse.models import ModelSpec
 from randsparse.sparsity import MaskSet, attach, masks_from_model, prunable_shapes
 from randsparse.train.checkpoint import (
     Progress,
@@ -733,6 +734,7 @@ def _static_summary(run: _Run, data: Any, input_shape: tuple[int, ...]) -> dict[
     return {
         "config_hash": run.identity,
         "model": config.model.name,
+        "architecture": ModelSpec.from_config(config.model).architecture(),  # family, depth, width
         "dataset": config.data.name,
         "sparsity": config.sparsity.sparsity,
         "distribution": None if config.is_dense else config.sparsity.distribution,
