@@ -98,3 +98,16 @@ def test_the_fixture_checkpoints_hold_the_old_id(which) -> None:
     assert state["config_hash"] == V0_RUN_ID
     assert "identity_version" not in state
     assert state["randsparse_version"] == "0.1.0"
+
+
+def test_the_default_run_directory_of_a_run_of_0_1_0_is_found(tmp_path, monkeypatch) -> None:
+    from randsparse.cli.train import _default_out
+    from tests.train._fixtures import FIXTURES
+
+    monkeypatch.chdir(tmp_path)
+    config = RunDir(FIXTURES / "run_v0_1_0").read_config()
+    fresh = _default_out(config)
+    assert fresh.name.endswith(config_hash(config)[:8])
+    old = fresh.with_name(fresh.name.removesuffix(config_hash(config)[:8]) + V0_RUN_ID[:8])
+    old.mkdir(parents=True)
+    assert _default_out(config) == old  # `randsparse train` then says to --resume it, not train it again
