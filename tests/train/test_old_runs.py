@@ -111,3 +111,15 @@ def test_the_default_run_directory_of_a_run_of_0_1_0_is_found(tmp_path, monkeypa
     old = fresh.with_name(fresh.name.removesuffix(config_hash(config)[:8]) + V0_RUN_ID[:8])
     old.mkdir(parents=True)
     assert _default_out(config) == old  # `randsparse train` then says to --resume it, not train it again
+
+
+def test_a_run_whose_config_no_longer_parses_says_which_release_made_it(tmp_path, capsys) -> None:
+    run_dir = copy_fixture("run_v0_1_0", tmp_path)
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text() + "an_option_since_removed: 1\n")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "randsparse_version": "0.0.9"}))
+    code, _, err = run(["eval", str(run_dir), "--calibration"], capsys)
+    assert code == 2
+    assert "an_option_since_removed" in err and "made by randsparse 0.0.9" in err
+    assert len(err.strip().splitlines()) == 1
