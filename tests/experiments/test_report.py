@@ -131,10 +131,11 @@ def test_runs_that_differ_in_another_grid_key_are_not_averaged_together(tmp_path
         ({"name": "small_cnn"}, None, 1.0),
     ],
 )
-def test_model_size_is_read_from_knobs_or_the_name(model, depth, width) -> None:
-    from randsparse.experiments.report import _depth_and_width
+def test_model_size_is_read_from_knobs_or_the_registry(model, depth, width) -> None:
+    from randsparse.experiments.report import _architecture
 
-    assert _depth_and_width(model) == (depth, width)
+    architecture = _architecture(model)
+    assert (architecture["depth"], architecture["width"]) == (depth, width)
 
 
 def test_mask_mode_runs_are_labelled_apart_from_random_ratio_runs(tmp_path) -> None:
@@ -145,3 +146,21 @@ def test_mask_mode_runs_are_labelled_apart_from_random_ratio_runs(tmp_path) -> N
     while (row := store.claim("h:1")) is not None:
         store.finish(row.id, "done", {"test_accuracy": 0.5})
     assert set(write_report(store, tmp_path / "r").table["distribution"]) == {"snip_ratio", "snip (pruned)"}
+
+
+def test_the_report_reads_the_architecture_a_run_recorded_and_resolves_old_rows_from_the_registry(
+    tmp_path,
+) -> None:
+    from randsparse.experiments import open_store, runs_frame
+    from tests.train._fixtures import V0_RUN_ID, copy_fixture
+
+    study_dir = copy_fixture("study_v0_1_0", tmp_path)  # rows of 0.1.0: no architecture recorded
+    frame = runs_frame(open_store(study_dir).rows()).set_index("id")
+    assert (frame.loc[V0_RUN_ID, "family"], frame.loc[V0_RUN_ID, "depth"]) == ("mlp", 1)
+    store = ResultsStore(tmp_path / "new.sqlite")
+    spec = {**_spec(1.0, 0.5, "erk", 0), "model": {"name": "no_longer_registered", "width": 2.0}}
+    store.sync([("r", spec, {})], {"name": "toy"})
+    store.claim("h:1")
+    store.finish("r", "done", {"architecture": {"family": "resnet", "depth": 56, "width": 2.0}})
+    row = runs_frame(store.rows()).iloc[0]
+    assert (row["family"], row["depth"], row["width"]) == ("resnet", 56, 2.0)

@@ -12,11 +12,11 @@ from randsparse.train.config import (
     TrainConfig,
     apply_overrides,
     build_config,
-    config_hash,
     dump_config,
     load_config,
     parse_override,
 )
+from randsparse.train.identity import config_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"model": {"name": "small_cnn"}, "data": {"name": "synthetic"}}

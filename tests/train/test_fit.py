@@ -11,10 +11,12 @@ import pytest
 import torch
 from torch import nn
 
+from randsparse import __version__
 from randsparse.errors import ConfigError, FileFormatError, RandsparseError
 from randsparse.sparsity import MaskSet, prunable_shapes
 from randsparse.train import Interrupted, RunDir, config_hash, fit, load_run
 from randsparse.train.checkpoint import load_checkpoint
+from randsparse.train.identity import IDENTITY_VERSION
 from tests.train._runs import tiny_config
 
 SUMMARY_KEYS = {
@@ -43,6 +45,11 @@ METRIC_KEYS = {
 }
 
 
+def _checkpoint_identity(path) -> tuple[str, int, str]:
+    state = load_checkpoint(path)
+    return state["config_hash"], state["identity_version"], state["randsparse_version"]
+
+
 def _weights(path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
@@ -58,6 +65,8 @@ def test_sparse_run_writes_the_run_directory(tmp_path, tiny) -> None:
     assert summary["status"] == "completed"
     assert summary["epochs"] == 2
     assert summary["config_hash"] == config_hash(tiny)
+    assert summary["architecture"] == {"family": "small_cnn", "depth": None, "width": 0.5}
+    assert _checkpoint_identity(run.last_checkpoint) == (config_hash(tiny), IDENTITY_VERSION, __version__)
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     rows = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]

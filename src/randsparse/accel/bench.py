@@ -25,7 +25,7 @@ from randsparse.accel.dispatch import calibrate, dispatch_report
 from randsparse.accel.export import check_model_spec, export_bytes, load
 from randsparse.errors import ConfigError
 from randsparse.evaluate.complexity import count_flops
-from randsparse.models import build, model_options
+from randsparse.models import ModelSpec, model_options
 from randsparse.sparsity import plan_sparsity
 
 # Input size of the ImageNet models (torchvision architectures) and of models taking `image_size`.
@@ -81,7 +81,7 @@ def bench_spec(
         if image_size is not None:
             raise ConfigError(f"model {name!r} takes no image_size; give --input-shape to change its input")
         channels = 3 if in_channels is None else in_channels
-    return check_model_spec({"name": name, "num_classes": num_classes, "in_channels": channels, "options": opts})
+    return ModelSpec(name, num_classes, channels, opts).to_dict()
 
 
 def default_input_shape(model: nn.Module, spec: dict[str, Any]) -> tuple[int, int, int]:
@@ -98,10 +98,7 @@ def default_input_shape(model: nn.Module, spec: dict[str, Any]) -> tuple[int, in
 
 def build_seeded(spec: dict[str, Any], seed: int) -> nn.Module:
     """The model of `spec` initialised from `seed`, in eval mode; the global RNG is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"])
-    return model.eval()
+    return ModelSpec.from_dict(spec).build(seed=seed).eval()
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, float]:

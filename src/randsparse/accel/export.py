@@ -32,7 +32,7 @@ from randsparse.accel.encoding import decode_mask, encode_mask, payload_bytes
 from randsparse.accel.sparse_conv import SparseConv2d
 from randsparse.accel.sparse_linear import SparseLinear
 from randsparse.errors import ConfigError, FileFormatError, RandsparseError, first_line
-from randsparse.models import build
+from randsparse.models import ModelSpec
 from randsparse.sparsity.layers import owning_module
 from randsparse.sparsity.masks import MaskSet
 from randsparse.storage import atomic_write_bytes
@@ -40,7 +40,6 @@ from randsparse.storage import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 FORMAT = "randsparse.sparse-model/v1"
-_SPEC_KEYS = ("name", "num_classes", "in_channels", "options")
 
 
 @dataclass(frozen=True)
@@ -66,27 +65,12 @@ class ExportSummary:
 
 def check_model_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """`spec` normalised to ``{"name", "num_classes", "in_channels", "options"}``, or a `ConfigError`."""
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-        raise ConfigError(
-            f"model_spec must be a mapping with a 'name' (and num_classes, in_channels, options), got {spec!r}"
-        )
-    unknown = sorted(set(spec) - set(_SPEC_KEYS))
-    if unknown:
-        raise ConfigError(f"model_spec has unknown key(s) {', '.join(unknown)}; it takes {', '.join(_SPEC_KEYS)}")
-    options = spec.get("options") or {}
-    if not isinstance(options, Mapping):
-        raise ConfigError(f"model_spec 'options' must be a mapping, got {options!r}")
-    return {
-        "name": spec["name"],
-        "num_classes": spec.get("num_classes", 10),
-        "in_channels": spec.get("in_channels", 3),
-        "options": dict(options),
-    }
+    return ModelSpec.from_dict(spec).to_dict()
 
 
 def _build(spec: Mapping[str, Any], device: str | torch.device) -> nn.Module:
-    with torch.random.fork_rng(devices=[]), torch.device(device):  # init is overwritten: spare the global RNG
-        return build(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"])
+    with torch.random.fork_rng(devices=[]):  # init is overwritten: spare the global RNG
+        return ModelSpec.from_dict(spec).build(device)
 
 
 def _check_fits(model: nn.Module, spec: dict[str, Any]) -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 import torch
 
-from randsparse.models import available_models, build
+from randsparse.models import ModelSpec, available_models
 
 
 def fraction(text: str) -> float:
@@ -30,10 +29,5 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def build_model_from_args(args: argparse.Namespace, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The model named by `add_model_args`' flags, built on `device` (``"meta"`` for shapes only)."""
-    options: dict[str, Any] = {}
-    if args.width is not None:
-        options["width"] = args.width
-    if args.depth is not None:
-        options["depth"] = args.depth
-    with torch.device(device):
-        return build(args.model, num_classes=args.num_classes, in_channels=args.in_channels, **options)
+    options = {key: value for key in ("width", "depth") if (value := getattr(args, key)) is not None}
+    return ModelSpec(args.model, args.num_classes, args.in_channels, options).build(device)

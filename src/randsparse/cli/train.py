@@ -19,9 +19,10 @@ from rich.logging import RichHandler
 
 from randsparse.cli import EXIT_INTERRUPTED
 from randsparse.errors import ConfigError
-from randsparse.train import Interrupted, RunDir, TrainConfig, apply_overrides, build_config, config_hash, fit
+from randsparse.train import Interrupted, RunDir, TrainConfig, apply_overrides, build_config, fit
 from randsparse.train.config import read_yaml
 from randsparse.train.distributed import launch_from_env, with_world_size
+from randsparse.train.identity import run_ids
 
 EXIT_DIVERGED = 1
 
@@ -56,7 +57,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def _default_out(config: TrainConfig) -> Path:
     kind = "dense" if config.is_dense else f"s{config.sparsity.sparsity:g}-{config.sparsity.distribution}"
     width = f"-w{config.model.width:g}" if config.model.width is not None else ""
-    return Path("runs") / f"{config.model.name}{width}-{config.data.name}-{kind}-{config_hash(config)[:8]}"
+    stem = f"{config.model.name}{width}-{config.data.name}-{kind}"
+    paths = [Path("runs") / f"{stem}-{run_id[:8]}" for run_id in run_ids(config)]
+    # the run's directory under the id an older release gave it, if it is there
+    return next((path for path in paths if path.exists()), paths[0])
 
 
 def _resolve(args: argparse.Namespace, world_size: int) -> tuple[TrainConfig, Path, bool]:

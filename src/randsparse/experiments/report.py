@@ -22,7 +22,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from randsparse.errors import UnknownNameError
 from randsparse.experiments.store import ResultsStore, RunRow
+from randsparse.models import ModelSpec
 from randsparse.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -57,19 +59,19 @@ def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
         into[prefix] = value
 
 
-def _depth_and_width(model: dict[str, Any]) -> tuple[int | None, float]:
-    """Depth and width of a model config: its knobs, else what its name says (``wrn28_10``, ``resnet56``)."""
-    match = re.fullmatch(r"(?:wrn|wide_resnet)(\d+)_(\d+)", model["name"])
-    if match:  # named Wide ResNets: depth and widening factor are in the name
-        depth, width = int(match.group(1)), float(match.group(2))
-    else:
-        trailing = re.search(r"(\d+)$", model["name"])
-        depth, width = (int(trailing.group(1)) if trailing else None), 1.0
-    if model.get("depth") is not None:
-        depth = int(model["depth"])
-    if model.get("width") is not None:
-        width = float(model["width"])
-    return depth, width
+def _architecture(model: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Family, depth and width of a run's model: as its summary records them, else from the registry.
+
+    Runs of releases up to 0.1.0 recorded none: their stored model config is resolved by
+    `ModelSpec.architecture` (a model no longer registered keeps its name as family, and its knobs).
+    """
+    if metrics and isinstance(metrics.get("architecture"), dict):
+        return metrics["architecture"]
+    try:
+        return ModelSpec.from_config(model).architecture()
+    except UnknownNameError:
+        depth, width = model.get("depth"), model.get("width")
+        return {"family": model["name"], "depth": depth, "width": 1.0 if width is None else float(width)}
 
 
 # Grid keys that name the model size, the sparsity or the seed; any other grid key makes a variant.
@@ -88,7 +90,7 @@ def runs_frame(rows: list[RunRow]) -> pd.DataFrame:
         spec = row.spec
         model = spec["model"]
         sparsity = spec["sparsity"]["sparsity"]
-        depth, width = _depth_and_width(model)
+        architecture = _architecture(model, row.metrics)
         rule = spec["sparsity"]["distribution"]
         if spec["sparsity"].get("prune"):
             rule = f"{spec['sparsity']['prune']} (pruned)"  # mask mode: the method's own mask, not random
@@ -96,8 +98,9 @@ def runs_frame(rows: list[RunRow]) -> pd.DataFrame:
             "id": row.id,
             "status": row.status,
             "model": model["name"],
-            "width": width,
-            "depth": depth,
+            "family": architecture["family"],
+            "width": architecture["width"],
+            "depth": architecture["depth"],
             "variant": _variant(row.point),
             "dataset": spec["data"]["name"],
             "sparsity": sparsity,

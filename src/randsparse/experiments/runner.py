@@ -50,8 +50,9 @@ def prepare(
     study: StudyConfig, base: dict[str, Any], study_dir: str | Path, retry_failed: bool = False
 ) -> tuple[ResultsStore, list[RunSpec]]:
     """Expand the study and make its store hold exactly its runs (new ones pending)."""
-    specs = expand(study, base)
     store = open_store(study_dir)
+    known = {row.id for row in store.rows(include_old=True)}
+    specs = [spec.known_as(known) for spec in expand(study, base)]  # runs of older releases keep their ids
     store.sync(
         [(s.id, s.config.model_dump(mode="json"), s.point) for s in specs],
         {**study.model_dump(mode="json"), "resolved_base": base},

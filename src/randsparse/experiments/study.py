@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from randsparse.errors import ConfigError, validation_message
 from randsparse.models import model_options
 from randsparse.sparsity.distributions import get_distribution
-from randsparse.train.config import TrainConfig, apply_overrides, build_config, config_hash, read_yaml
+from randsparse.train.config import TrainConfig, apply_overrides, build_config, read_yaml
+from randsparse.train.identity import run_ids
 
 # Grid keys that change only what is pruned: dropped from a point to make its dense baseline.
 _SPARSITY_KEY = "sparsity"
@@ -50,11 +51,25 @@ class StudyConfig(BaseModel):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of a study: its id, its resolved config, and the grid point it came from."""
+    """One run of a study: its id, its resolved config, the grid point it came from, and older ids.
+
+    `legacy_ids` are the ids older releases gave the same run (`randsparse.train.identity.run_ids`):
+    a store made by one of them knows the run under such an id.
+    """
 
     id: str
     config: TrainConfig
     point: dict[str, Any]
+    legacy_ids: tuple[str, ...] = ()
+
+    def known_as(self, ids: set[str]) -> RunSpec:
+        """This spec under the first of its legacy ids found in `ids` when its own id is not there."""
+        if self.id in ids:
+            return self
+        for legacy in self.legacy_ids:
+            if legacy in ids:
+                return replace(self, id=legacy, legacy_ids=(self.id,))
+        return self
 
     @property
     def is_dense(self) -> bool:
@@ -120,6 +135,6 @@ def _add(specs: dict[str, RunSpec], base: dict[str, Any], point: dict[str, Any])
     model_options(config.model.name)  # unknown names fail here, not in every run
     if not config.is_dense:
         get_distribution(config.sparsity.distribution)
-    run_id = config_hash(config)
+    run_id, *legacy = run_ids(config)
     if run_id not in specs:
-        specs[run_id] = RunSpec(run_id, config, point)
+        specs[run_id] = RunSpec(run_id, config, point, tuple(legacy))

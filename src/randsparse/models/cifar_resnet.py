@@ -82,7 +82,7 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
-@register_model("cifar_resnet")
+@register_model("cifar_resnet", family="resnet")
 def cifar_resnet(
     depth: int = 20,
     width: float = 1.0,
@@ -104,7 +104,7 @@ def _fixed_depth(depth: int) -> None:
 
     builder.__name__ = f"resnet{depth}"
     builder.__doc__ = f"CIFAR ResNet-{depth} ({(depth - 2) // 6} BasicBlocks per stage), any width."
-    register_model(f"resnet{depth}")(builder)
+    register_model(f"resnet{depth}", family="resnet", depth=depth)(builder)
 
 
 for _depth in (20, 32, 44, 56, 110):

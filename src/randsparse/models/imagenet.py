@@ -14,18 +14,19 @@ from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_,
 
 # The torchvision builders registered here, by their torchvision names. torchvision is imported
 # when one is built, not when randsparse is (it costs about a second of start-up).
-_TORCHVISION_RESNETS = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-)
+# Name -> (family, depth, widening factor) each declares.
+_TORCHVISION_RESNETS: dict[str, tuple[str, int, float | None]] = {
+    "resnet18": ("resnet", 18, None),
+    "resnet34": ("resnet", 34, None),
+    "resnet50": ("resnet", 50, None),
+    "resnet101": ("resnet", 101, None),
+    "resnet152": ("resnet", 152, None),
+    "wide_resnet50_2": ("wide_resnet", 50, 2.0),
+    "wide_resnet101_2": ("wide_resnet", 101, 2.0),
+}
 
 
-def _register(name: str) -> None:
+def _register(name: str, family: str, depth: int, width: float | None) -> None:
     def builder(num_classes: int = 1000, in_channels: int = 3, init_mode: InitMode = "fan_out") -> nn.Module:
         from torchvision import models
 
@@ -37,8 +38,8 @@ def _register(name: str) -> None:
 
     builder.__name__ = name
     builder.__doc__ = f"torchvision {name} for ImageNet-sized inputs, random initialisation."
-    register_model(name)(builder)
+    register_model(name, family=family, depth=depth, width=width)(builder)
 
 
-for _name in _TORCHVISION_RESNETS:
-    _register(_name)
+for _name, (_family, _depth, _width) in _TORCHVISION_RESNETS.items():
+    _register(_name, _family, _depth, _width)

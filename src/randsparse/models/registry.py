@@ -19,11 +19,39 @@ InitMode = Literal["fan_in", "fan_out"]
 _COMMON_ARGUMENTS = ("num_classes", "in_channels")
 
 _BUILDERS: Registry[ModelBuilder] = Registry("model")
+# What each registration declares of its architecture: family, and depth/width when fixed by the name.
+_METADATA: dict[str, dict[str, Any]] = {}
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator adding a model builder to the registry under `name`."""
-    return _BUILDERS.decorator(name)
+def register_model(
+    name: str, *, family: str | None = None, depth: int | None = None, width: float | None = None
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator adding a model builder to the registry under `name`.
+
+    `family` (default: `name`) groups architectures in reports (``resnet``, ``vgg``, ...); `depth`
+    and `width` are declared by models whose name fixes them (``resnet56``, ``wrn28_10``), the
+    others have them as options. See `randsparse.models.spec.ModelSpec.architecture`.
+    """
+    declared = {"family": family or name, "depth": depth, "width": width}
+    register = _BUILDERS.decorator(name)
+
+    def decorate(builder: ModelBuilder) -> ModelBuilder:
+        register(builder)
+        _METADATA[name] = {key: value for key, value in declared.items() if value is not None}
+        return builder
+
+    return decorate
+
+
+def model_builder(name: str) -> ModelBuilder:
+    """The builder registered as `name` (`UnknownNameError` if none)."""
+    return _BUILDERS[name]
+
+
+def model_metadata(name: str) -> dict[str, Any]:
+    """What the registration of model `name` declares: ``family``, and ``depth``/``width`` if fixed."""
+    _BUILDERS[name]
+    return dict(_METADATA.get(name, {"family": name}))
 
 
 def available_models() -> list[str]:

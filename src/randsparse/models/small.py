@@ -48,7 +48,7 @@ class MLP(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("mlp")
+@register_model("mlp", family="mlp")
 def mlp(
     depth: int = 2,
     hidden: int = 1024,
@@ -84,7 +84,7 @@ class SmallCNN(VGG):
         super().__init__(self.LAYOUT, width, num_classes, in_channels, init_mode)
 
 
-@register_model("small_cnn")
+@register_model("small_cnn", family="small_cnn")
 def small_cnn(
     width: float = 1.0, num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_in"
 ) -> SmallCNN:

@@ -54,7 +54,7 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@register_model("vgg")
+@register_model("vgg", family="vgg")
 def vgg(
     depth: int = 16,
     width: float = 1.0,
@@ -78,7 +78,7 @@ def _fixed_depth(depth: int) -> None:
 
     builder.__name__ = f"vgg{depth}"
     builder.__doc__ = f"BN-VGG-{depth} for 32x32 / 28x28 inputs (four max pools, global pool, one Linear), any width."
-    register_model(f"vgg{depth}")(builder)
+    register_model(f"vgg{depth}", family="vgg", depth=depth)(builder)
 
 
 for _depth in VGG_LAYOUTS:

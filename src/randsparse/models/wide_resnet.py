@@ -72,7 +72,7 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
-@register_model("wrn")
+@register_model("wrn", family="wide_resnet")
 def wrn(
     depth: int = 28,
     width: float = 10.0,
@@ -95,7 +95,7 @@ def _fixed(depth: int, k: int) -> None:
 
     builder.__name__ = f"wrn{depth}_{k}"
     builder.__doc__ = f"WRN-{depth}-{k} ({(depth - 4) // 6} pre-activation blocks per stage); use `wrn` to vary it."
-    register_model(f"wrn{depth}_{k}")(builder)
+    register_model(f"wrn{depth}_{k}", family="wide_resnet", depth=depth, width=k)(builder)
 
 
 for _depth, _k in ((16, 8), (22, 2), (28, 10), (40, 2)):

@@ -4,10 +4,10 @@ from randsparse.train.config import (
     TrainConfig,
     apply_overrides,
     build_config,
-    config_hash,
     dump_config,
     load_config,
 )
+from randsparse.train.identity import config_hash
 from randsparse.train.loop import Diverged, EpochSampler, Interrupted, evaluate_accuracy, fit
 from randsparse.train.rundir import RunDir
 from randsparse.train.runs import LoadedRun, load_run

@@ -1,13 +1,12 @@
 """The validated configuration of one training run, loaded from YAML plus ``key=value`` overrides.
 
-One definition of every option serves the YAML files, the command line and the run's identity:
-`config_hash` hashes the options that change the result, so the same experiment always gets the
-same id.
+One definition of every option serves the YAML files, the command line and the run's identity
+(`randsparse.train.identity`: the options that change the result, so the same experiment always
+gets the same id).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -226,29 +225,6 @@ class TrainConfig(_Section):
     def is_dense(self) -> bool:
         """True when nothing is pruned."""
         return self.sparsity.sparsity == 0.0
-
-
-# Options that change how a run executes but not what it computes: left out of the run's identity.
-_NOT_IN_IDENTITY: dict[str, Any] = {
-    "device": True,
-    "checkpoint_every_steps": True,
-    "tensorboard": True,
-    "eval": True,  # evaluation reads the trained model; it never changes it
-    "data": {"root": True, "download": True, "workers": True, "eval_batch_size": True},
-    # How many processes share the global batch is where a run computes, like `device`; the global
-    # batch itself is hashed (as `data.batch_size`), so 2 x 64 and 1 x 128 are the same experiment.
-    "distributed": True,
-}
-
-
-def config_hash(config: TrainConfig) -> str:
-    """Stable 16-hex-digit identity of the options that change a run's result."""
-    data = config.model_dump(mode="json", exclude=_NOT_IN_IDENTITY)
-    data["data"]["batch_size"] = config.global_batch_size
-    if config.is_dense:  # a dense run is the same run whatever rule it would have pruned with
-        data["sparsity"] = {"sparsity": 0.0}
-    canonical = json.dumps(data, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -35,6 +35,7 @@ from randsparse.data import SeededIndices, build_ood
 from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError, RandsparseError
 from randsparse.evaluate.complexity import count_flops, count_params
 from randsparse.evaluate.trained import evaluate_trained
+from randsparse.models import ModelSpec
 from randsparse.sparsity import MaskSet, attach, masks_from_model, prunable_shapes
 from randsparse.train.checkpoint import (
     Progress,
@@ -44,7 +45,7 @@ from randsparse.train.checkpoint import (
     save_checkpoint,
     scheduler_state,
 )
-from randsparse.train.config import TrainConfig, config_hash
+from randsparse.train.config import TrainConfig
 from randsparse.train.distributed import (
     Distributed,
     model_state_tensors,
@@ -52,6 +53,7 @@ from randsparse.train.distributed import (
     session,
     with_world_size,
 )
+from randsparse.train.identity import IDENTITY_VERSION, checkpoint_matches, config_hash
 from randsparse.train.optim import build_loss, build_optimizer, build_scheduler
 from randsparse.train.progress import EpochProgress
 from randsparse.train.rundir import RunDir
@@ -291,6 +293,7 @@ class _Run:
             "world_size": self.dist.world_size,
             "progress": self.progress.to_dict(),
             "randsparse_version": __version__,
+            "identity_version": IDENTITY_VERSION,
         }
         if len(rank_rng) > 1:
             payload["rank_rng"] = rank_rng
@@ -348,7 +351,7 @@ def _prepare(
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
     """Load a checkpoint into a freshly prepared run; a mismatch changes nothing on disk."""
-    if state["config_hash"] != run.identity:
+    if not checkpoint_matches(state, run.config, repr(str(run.run_dir.last_checkpoint))):
         raise ConfigError(
             f"the checkpoint in {str(run.run_dir.path)!r} belongs to config {state['config_hash']}, not to this"
             f" config ({run.identity}); resume with the run's own config.yaml (drop the overrides)"
@@ -731,6 +734,7 @@ def _static_summary(run: _Run, data: Any, input_shape: tuple[int, ...]) -> dict[
     return {
         "config_hash": run.identity,
         "model": config.model.name,
+        "architecture": ModelSpec.from_config(config.model).architecture(),  # family, depth, width
         "dataset": config.data.name,
         "sparsity": config.sparsity.sparsity,
         "distribution": None if config.is_dense else config.sparsity.distribution,

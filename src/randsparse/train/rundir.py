@@ -11,11 +11,13 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from randsparse import __version__
 from randsparse.errors import ConfigError, FileFormatError
 from randsparse.storage import atomic_write_bytes
 from randsparse.train.config import TrainConfig, build_config, dump_config, read_yaml
@@ -75,7 +77,17 @@ class RunDir:
         """The run's config; a missing or invalid file is a `ConfigError`."""
         if not self.config_file.is_file():
             raise ConfigError(f"{str(self.path)!r} is not a run directory (no config.yaml)")
-        return build_config(read_yaml(self.config_file), str(self.config_file))
+        try:
+            return build_config(read_yaml(self.config_file), str(self.config_file))
+        except ConfigError as exc:
+            with contextlib.suppress(FileFormatError):
+                made_by = self.read_summary().get("randsparse_version")
+                if made_by is not None and made_by != __version__:
+                    raise ConfigError(
+                        f"{exc} (the run was made by randsparse {made_by}, this is {__version__}: read it with"
+                        " that release, or bring config.yaml up to date)"
+                    ) from None
+            raise
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` from the history (kept in the checkpoint, so never torn or duplicated)."""

@@ -11,11 +11,12 @@ from torch import nn
 
 from randsparse import data as datasets
 from randsparse.errors import FileFormatError, MaskMismatchError, first_line
+from randsparse.models import ModelSpec
 from randsparse.sparsity import MaskSet, prunable_shapes
 from randsparse.train.checkpoint import load_checkpoint
-from randsparse.train.config import TrainConfig, config_hash
+from randsparse.train.config import TrainConfig
+from randsparse.train.identity import checkpoint_matches
 from randsparse.train.rundir import RunDir
-from randsparse.train.setup import build_model, model_spec
 
 
 @dataclass
@@ -35,9 +36,14 @@ class LoadedRun:
         """(channels, height, width) the model takes."""
         return self.info.shape
 
+    @property
+    def spec(self) -> ModelSpec:
+        """What rebuilds the run's architecture (and says what it is)."""
+        return ModelSpec.from_config(self.config.model, self.info)
+
     def model_spec(self) -> dict[str, Any]:
-        """What `randsparse.models.build` needs to rebuild the architecture."""
-        return model_spec(self.config.model, self.info)
+        """The JSON form of `spec`."""
+        return self.spec.to_dict()
 
 
 def load_run(run_dir: str | Path, which: Literal["best", "last"] = "best") -> LoadedRun:
@@ -46,11 +52,11 @@ def load_run(run_dir: str | Path, which: Literal["best", "last"] = "best") -> Lo
     config = run.read_config()
     path = run.best_checkpoint if which == "best" else run.last_checkpoint
     state = load_checkpoint(path)
-    if state["config_hash"] != config_hash(config):
+    if not checkpoint_matches(state, config, repr(str(path))):
         raise FileFormatError(f"{str(path)!r} was not written by the config in {str(run.config_file)!r}")
     info = datasets.dataset_info(config.data.name, root=config.data.root, **config.data.options)
     with torch.random.fork_rng(devices=[]):  # initial weights are overwritten: leave the global RNG alone
-        model = build_model(config.model, info)
+        model = ModelSpec.from_config(config.model, info).build()
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

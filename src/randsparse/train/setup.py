@@ -20,8 +20,7 @@ from torch.utils.data import Dataset
 from randsparse import data as datasets
 from randsparse.errors import ConfigError, first_line
 from randsparse.evaluate.complexity import count_flops
-from randsparse.models import build as build_registered_model
-from randsparse.models import model_options
+from randsparse.models import ModelSpec
 from randsparse.sparsity import MaskSet, PrunableSelector, load_custom_densities, plan_sparsity
 from randsparse.sparsity.saliency import ratio_method
 
@@ -101,28 +100,9 @@ def score_dataset(config: Any) -> Dataset:
     return _train_split(config, augment=False)
 
 
-def model_spec(config: Any, info: Any) -> dict[str, Any]:
-    """What `randsparse.models.build` takes to make a `ModelConfig`'s model for data like `info`.
-
-    ``{"name", "num_classes", "in_channels", "options"}``; `image_size` is passed to the builders
-    that take it (an MLP's input size) unless the config sets it.
-    """
-    options = dict(config.options)
-    if config.width is not None:
-        options["width"] = config.width
-    if config.depth is not None:
-        options["depth"] = config.depth
-    if "image_size" in model_options(config.name) and "image_size" not in options:
-        options["image_size"] = info.image_size
-    return {"name": config.name, "num_classes": info.num_classes, "in_channels": info.channels, "options": options}
-
-
 def build_model(config: Any, info: Any) -> nn.Module:
     """The model of a `ModelConfig`, shaped for the dataset described by `info`."""
-    spec = model_spec(config, info)
-    return build_registered_model(
-        spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **spec["options"]
-    )
+    return ModelSpec.from_config(config, info).build()
 
 
 def check_model_input(model: nn.Module, input_shape: tuple[int, ...], name: str) -> None:
