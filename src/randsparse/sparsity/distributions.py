@@ -136,8 +136,12 @@ def uniform_plus(
     """First layer dense, last layer at density >= `last_layer_min_density`, the rest uniform.
 
     The shared density of the other layers (and of the last layer, when above its floor) is solved
-    so that the global budget is exact; the paper's code keeps the rest at the target instead and
-    so overshoots it. First and last default to the first and last entries of `shapes`.
+    so that the global budget is exact. The paper's code (``sparselearning/core.py``, mode
+    ``uniform_plus``) misses the budget both ways: at target density >= 0.2 it keeps every other
+    layer at the target, so the dense first layer comes on top and it keeps more than the budget;
+    below 0.2 it divides what the dense first layer and the last layer at 0.2 leave by the size of
+    the whole model instead of the remaining layers, so it keeps fewer. First and last default to
+    the first and last entries of `shapes`.
     """
     names = list(shapes)
     first = _pick_layer(names, first_layer, 0, "first_layer")
