@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from randsparse.sparsity.distributions import layer_densities
 from randsparse.sparsity.layer_types import NORM_TYPES, LayerGeometry, layer_geometry, shape_outputs
 from randsparse.sparsity.layers import PrunableSelector, prunable_shapes
 from randsparse.sparsity.plan import plan_sparsity
@@ -26,13 +27,13 @@ ALL_WEIGHT_TYPES = (
     ("module", "geometry"),
     [
         (nn.Linear(5, 7), LayerGeometry(7, 5)),
-        (nn.Conv1d(4, 6, 3, groups=2), LayerGeometry(6, 4, 3, 2)),
-        (nn.Conv2d(2, 64, 3), LayerGeometry(64, 2, 9)),
-        (nn.Conv3d(4, 8, 2, groups=4), LayerGeometry(8, 4, 8, 4)),
-        (nn.ConvTranspose1d(2, 64, 3), LayerGeometry(64, 2, 3)),
-        (nn.ConvTranspose2d(2, 64, 3), LayerGeometry(64, 2, 9)),
-        (nn.ConvTranspose2d(4, 64, 3, groups=2), LayerGeometry(64, 4, 9, 2)),
-        (nn.ConvTranspose3d(6, 3, 2, groups=3), LayerGeometry(3, 6, 8, 3)),
+        (nn.Conv1d(4, 6, 3, groups=2), LayerGeometry(6, 4, 3, 2, (3,))),
+        (nn.Conv2d(2, 64, 3), LayerGeometry(64, 2, 9, 1, (3, 3))),
+        (nn.Conv3d(4, 8, 2, groups=4), LayerGeometry(8, 4, 8, 4, (2, 2, 2))),
+        (nn.ConvTranspose1d(2, 64, 3), LayerGeometry(64, 2, 3, 1, (3,))),
+        (nn.ConvTranspose2d(2, 64, 3), LayerGeometry(64, 2, 9, 1, (3, 3))),
+        (nn.ConvTranspose2d(4, 64, 3, groups=2), LayerGeometry(64, 4, 9, 2, (3, 3))),
+        (nn.ConvTranspose3d(6, 3, 2, groups=3), LayerGeometry(3, 6, 8, 3, (2, 2, 2))),
     ],
 )
 def test_geometry_reads_out_in_and_kernel_of_every_layer_type(module: nn.Module, geometry: LayerGeometry) -> None:
@@ -85,3 +86,14 @@ def test_norm_types_are_never_prunable_and_cover_every_norm() -> None:
         assert isinstance(norm, NORM_TYPES)
         selector = PrunableSelector(types=(type(norm),))
         assert prunable_shapes(nn.Sequential(norm), selector) == {}
+
+
+@pytest.mark.parametrize("rule", ["er", "erk"])
+def test_er_and_erk_read_a_grouped_transposed_conv_as_the_conv_it_mirrors(rule: str) -> None:
+    # Conv(4 -> 64, groups 2) and ConvTranspose(4 -> 64, groups 2): each output sees 2 inputs,
+    # each input feeds 32 outputs; the weights are (64, 2, 3, 3) and (4, 32, 3, 3).
+    selector = PrunableSelector(types=ALL_WEIGHT_TYPES)
+    head = nn.Conv2d(64, 16, 3)
+    conv = prunable_shapes(nn.Sequential(nn.Conv2d(4, 64, 3, groups=2), head), selector)
+    transposed = prunable_shapes(nn.Sequential(nn.ConvTranspose2d(4, 64, 3, groups=2), head), selector)
+    assert layer_densities(transposed, 0.3, rule) == pytest.approx(layer_densities(conv, 0.3, rule))

@@ -32,13 +32,20 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 class LayerGeometry:
     """Units of a weight layer: `out` and `in_` channels (features), `kernel` elements, `groups`.
 
-    `fan_in` (inputs per output) and `fan_out` (outputs per input) are PyTorch's Kaiming fans.
+    `kernel_size` is the kernel's extent per dimension (empty for a Linear). `fan_in` (inputs per
+    output) and `fan_out` (outputs per input) count the connections one unit has.
     """
 
     out: int
     in_: int
     kernel: int = 1
     groups: int = 1
+    kernel_size: tuple[int, ...] = ()
+
+    @property
+    def layout(self) -> tuple[int, ...]:
+        """The weight's shape in a Conv's layout, ``(out, in / groups, *kernel_size)``, whatever the layer type."""
+        return (self.out, self.in_ // self.groups, *self.kernel_size)
 
     @property
     def fan_in(self) -> int:
@@ -76,8 +83,8 @@ def layer_geometry(module: nn.Module, weight: torch.Tensor | None = None) -> Lay
     `TypeError` when there is no weight to read.
     """
     if isinstance(module, nn.modules.conv._ConvNd):
-        kernel = math.prod(module.kernel_size)
-        return LayerGeometry(module.out_channels, module.in_channels, kernel, module.groups)
+        size = tuple(module.kernel_size)
+        return LayerGeometry(module.out_channels, module.in_channels, math.prod(size), module.groups, size)
     if isinstance(module, nn.Linear):
         return LayerGeometry(module.out_features, module.in_features)
     weight = weight if weight is not None else getattr(module, "weight", None)
@@ -94,7 +101,12 @@ def shape_geometry(shape: tuple[int, ...]) -> LayerGeometry:
         return LayerGeometry(1, 1)
     if len(shape) == 1:
         return LayerGeometry(shape[0], 1)
-    return LayerGeometry(shape[0], shape[1], math.prod(shape[2:]))
+    return LayerGeometry(shape[0], shape[1], math.prod(shape[2:]), 1, tuple(shape[2:]))
+
+
+def weight_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """`shape` in a Conv's layout ``(out, in / groups, *kernel)``: a `LayerShape`'s own, else `shape` as given."""
+    return shape.geometry.layout if isinstance(shape, LayerShape) else tuple(shape)
 
 
 def shape_outputs(shape: tuple[int, ...]) -> int:
