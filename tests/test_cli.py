@@ -88,6 +88,21 @@ def test_saved_masks_are_described_with_the_same_kept_counts(capsys, tmp_path: P
     assert described["sparsity"] == pytest.approx(1 - drawn["total"]["density"])
 
 
+def test_plans_and_mask_files_leaving_a_layer_empty_exit_2_with_one_line(capsys, tmp_path: Path) -> None:
+    narrow = ["--model", "small_cnn", "--width", "0.25", "--in-channels", "1"]
+    code, out, err = run(["plan", *narrow, "--sparsity", "0.99", "--distribution", "uniform"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "features.0.weight (0 of 36 kept)" in err and "0.986111" in err
+    path = tmp_path / "masks.pt"
+    saved = ["--sparsity", "0.99", "--distribution", "uniform", "--save-masks", str(path), "--allow-empty-layers"]
+    code, _, err = run(["plan", *narrow, *saved], capsys)
+    assert code == 0 and path.is_file(), err
+    code, _, err = run(["plan", *narrow, "--masks", str(path)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "features.0.weight" in err
+    code, _, err = run(["plan", *narrow, "--masks", str(path), "--allow-empty-layers"], capsys)
+    assert code == 0, err
+
+
 def test_saved_masks_with_include_regex_are_described_on_the_same_model(capsys, tmp_path: Path) -> None:
     path = tmp_path / "masks.pt"
     drawn = plan_json(

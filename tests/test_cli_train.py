@@ -134,6 +134,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path) -> None:
         (["data.name=cifar10", "data.options={}"], ["cifar10"]),
         (["notakeyvalue"], ["key=value"]),
         (["device=cuda:3"], ["CUDA is not available"]),
+        (
+            ["sparsity.sparsity=0.999", "sparsity.distribution=uniform"],
+            ["features.0.weight", "no weights", "highest sparsity", "allow_empty_layers"],
+        ),
     ],
 )
 def test_bad_config_exits_2_with_one_line(tmp_path, args, fragments) -> None:

@@ -1,4 +1,4 @@
-"""Parameter counts, MACs (RigL convention) and checkpoint bytes of dense and masked models."""
+"""Parameter counts, MACs of every weight use and checkpoint bytes of dense and masked models."""
 
 from __future__ import annotations
 
@@ -266,3 +266,56 @@ def test_complexity_summary_is_json_ready() -> None:
     assert set(data) == {"params", "flops", "memory"}
     assert data["flops"]["sparse_macs"] < data["flops"]["dense_macs"]
     assert data["params"]["kept"] == plan.kept
+
+
+class _Attention(nn.Module):
+    """Self-attention over 5 tokens of width 8 (2 heads), mean-pooled, then a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.attn(x, x, x)
+        return self.head(y.mean(1))
+
+
+def test_a_weight_used_without_calling_its_module_is_counted_with_its_mask() -> None:
+    model = _Attention()
+    masks = {"attn.out_proj.weight": torch.arange(64).reshape(8, 8) % 2 == 0}  # half kept
+    report = count_flops(model, (5, 8), masks)
+    rows = {x.name: x for x in report.layers}
+    # MultiheadAttention passes out_proj.weight to F.linear itself: out_proj's forward never runs.
+    assert rows["attn.out_proj.weight"] == ("attn.out_proj.weight", 8 * 8 * 5, 8 * 8 * 5 // 2)
+    assert rows["attn.in_proj_weight"].dense_macs == 3 * 8 * 8 * 5
+    assert rows["head.weight"].dense_macs == 8 * 3
+
+
+def test_every_weight_multiplication_matches_pytorchs_flop_counter_on_attention() -> None:
+    model = _Attention().eval()
+    with FlopCounterMode(display=False) as counter:  # with gradients on: no fused fast path
+        model(torch.zeros(1, 5, 8))
+    attention_products = 2 * (5 * 5 * 8)  # q·kᵀ and weights·v: activations only, no weight
+    assert count_flops(model, (5, 8)).dense == counter.get_total_flops() / 2 - attention_products
+
+
+def test_a_weight_a_parent_uses_through_a_function_is_counted_every_time() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.linear(self.fc(x), self.fc.weight.t()) + x @ self.fc.weight
+
+    assert count_flops(Tied(), (4,)).layers == [("fc.weight", 48, 48)]
+
+
+def test_the_docs_say_these_are_macs_and_how_they_relate_to_the_papers_flops() -> None:
+    import randsparse.evaluate.complexity as complexity
+
+    doc = " ".join((complexity.__doc__ or "").split())
+    assert "RigL's" not in doc.split("report *FLOPs*")[0]  # not "RigL's convention": RigL counts FLOPs
+    assert "report *FLOPs*, a multiply and an add each, so about 2 × these MACs" in doc
+    assert "MACs, not FLOPs" in (complexity.FlopReport.__doc__ or "")

@@ -8,7 +8,8 @@ from torch import nn
 
 from randsparse.errors import ConfigError, RandsparseError, UnknownNameError
 from randsparse.models import available_models, build, model_options, register_model
-from randsparse.models.registry import kaiming_init_, scaled_channels
+from randsparse.models.init import kaiming_init_
+from randsparse.models.registry import scaled_channels
 
 
 def test_available_models_lists_cifar_and_torchvision_resnets_sorted() -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from randsparse.errors import ConfigError, InfeasibleBudgetError, UnknownNameError
 from randsparse.models import build
 from randsparse.sparsity import available_distributions, layer_densities, load_custom_densities, prunable_shapes
+from randsparse.sparsity.distributions import uniform_plus
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -646,3 +647,24 @@ def test_no_prunable_layers_is_config_error() -> None:
 def test_layer_with_zero_weights_is_config_error() -> None:
     with pytest.raises(ConfigError, match="no weights"):
         layer_densities({"a": (4, 4), "empty": (0, 4)}, 0.5, "erk")
+
+
+def _paper_uniform_plus_kept(sizes: list[int], density: float) -> float:
+    """Expected weights kept by the paper code's uniform+ (sparselearning/core.py): first layer dense."""
+    total = sum(sizes)
+    if density >= 0.2:
+        return sizes[0] + density * sum(sizes[1:])
+    rest = (total * density - sizes[0] - 0.2 * sizes[-1]) / total
+    return sizes[0] + 0.2 * sizes[-1] + rest * sum(sizes[1:-1])
+
+
+def test_uniform_plus_docstring_says_how_the_paper_code_misses_the_budget_both_ways() -> None:
+    sizes = [432, 36864, 36864, 640]
+    assert _paper_uniform_plus_kept(sizes, 0.5) > 0.5 * sum(sizes)  # over the budget at density >= 0.2
+    assert _paper_uniform_plus_kept(sizes, 0.1) < 0.1 * sum(sizes)  # under it below 0.2
+    doc = " ".join((uniform_plus.__doc__ or "").split())
+    assert "keeps more than the budget" in doc and "so it keeps fewer" in doc
+    shapes = {f"l{i}": (size,) for i, size in enumerate(sizes)}
+    for density in (0.1, 0.5):  # ours meets it exactly
+        kept = sum(d * s for d, s in zip(uniform_plus(shapes, density).values(), sizes, strict=True))
+        assert kept == pytest.approx(density * sum(sizes))

@@ -428,6 +428,23 @@ def test_frozen_prunable_layer_can_be_masked() -> None:
         assert_masks_hold(model, masks, optimizer)
 
 
+def test_weight_unfrozen_after_attach_has_its_gradient_masked_before_clipping_sees_it() -> None:
+    """The README's promise, "masks gradients as they are computed", holds for a weight frozen at attach."""
+    model = make_net()
+    masks = make_masks(model)
+    model.conv1.weight.requires_grad_(False)
+    attach(model, masks)
+    model.conv1.weight.requires_grad_(True)  # e.g. a stem unfrozen after warm-up
+    x, y = make_batch()
+    F.cross_entropy(model(x), y).backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if name in masks}
+    for name, grad in grads.items():
+        assert not grad[~masks[name]].any(), name
+    # Clipping measures only the kept entries' gradients.
+    kept_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
+    assert torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9) == pytest.approx(kept_norm.item())
+
+
 def test_masked_weight_outside_the_optimizer_keeps_its_gradient_masked() -> None:
     model = make_net()
     masks = make_masks(model)

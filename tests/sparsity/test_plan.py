@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, InfeasibleBudgetError
 from randsparse.models import build
 from randsparse.sparsity import PrunableSelector, plan_sparsity, sparsity_to_density
+from randsparse.sparsity.masks import MaskSet
 from randsparse.sparsity.plan import plan_from_masks
 
 
@@ -64,3 +65,48 @@ def test_sparsity_outside_zero_one_is_a_config_error(sparsity) -> None:
 def test_sparsity_to_density_is_one_minus_sparsity() -> None:
     assert sparsity_to_density(0.0) == 1.0
     assert sparsity_to_density(0.9) == pytest.approx(0.1)
+
+
+def _narrow_cnn() -> torch.nn.Module:
+    with torch.device("meta"):
+        return build("small_cnn", width=0.25, in_channels=1)  # first conv: 4 x 1 x 3 x 3 = 36 weights
+
+
+def test_a_plan_leaving_a_layer_empty_is_refused_naming_it_and_the_highest_connected_sparsity() -> None:
+    with pytest.raises(InfeasibleBudgetError) as info:
+        plan_sparsity(_narrow_cnn(), 0.99, "uniform")
+    message = str(info.value)
+    assert "features.0.weight (0 of 36 kept)" in message and "\n" not in message
+    assert "0.986111" in message  # round(36 * 0.013889) = 1 weight; any higher sparsity keeps none
+    assert "allow_empty_layers" in message
+    assert plan_sparsity(_narrow_cnn(), 0.986111, "uniform").layers[0].kept == 1
+
+
+def test_every_rule_and_a_custom_file_get_the_empty_layer_check() -> None:
+    model = _narrow_cnn()
+    for distribution in ("uniform", "er", "erk"):
+        with pytest.raises(InfeasibleBudgetError, match="no weights"):
+            plan_sparsity(model, 0.9995, distribution)
+    with pytest.raises(InfeasibleBudgetError, match=r"features\.0\.weight.*no sparsity of this rule"):
+        plan_sparsity(model, 0.5, "custom", densities={"features.0.weight": 0.0})
+
+
+def test_empty_layers_are_accepted_when_asked_for() -> None:
+    plan = plan_sparsity(_narrow_cnn(), 0.99, "uniform", allow_empty_layers=True)
+    assert plan.layers[0].kept == 0
+
+
+def test_a_score_rule_with_collapse_allowed_may_leave_layers_empty() -> None:
+    torch.manual_seed(0)
+    model = build("small_cnn", width=0.25, in_channels=1)
+    with torch.no_grad():
+        model.features[0].weight.mul_(1e-6)
+    plan = plan_sparsity(model, 0.99, "magnitude_ratio", mask_mode="scores", allow_collapse=True)
+    assert plan.layers[0].kept == 0  # allow_collapse is the explicit opt-in of the score rules
+
+
+def test_existing_masks_with_an_empty_layer_are_refused() -> None:
+    masks = MaskSet({"a.weight": torch.zeros(4, 3, dtype=torch.bool), "b.weight": torch.ones(2, 4, dtype=torch.bool)})
+    with pytest.raises(InfeasibleBudgetError, match=r"a\.weight \(0 of 12 kept\)"):
+        plan_from_masks(masks, 0.6, "file")
+    assert plan_from_masks(masks, 0.6, "file", allow_empty_layers=True).kept == 8

@@ -50,6 +50,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     rule.add_argument("--erk-power-scale", type=float, help="erk/erk_plus: exponent of the ERK ratio")
     rule.add_argument("--classifier-density", type=float, help="erk_plus: density of the classifier (default 1)")
     rule.add_argument("--custom", metavar="FILE", help="custom: YAML/JSON with 'density:' or 'sparsity:' per layer")
+    rule.add_argument(
+        "--allow-empty-layers",
+        action="store_true",
+        help="accept masks that leave a layer with no weights (default: refused, naming the highest sparsity that"
+        " keeps every layer connected)",
+    )
     rule.add_argument("--include", metavar="REGEX", help="only prune weights whose name matches")
     rule.add_argument("--exclude", metavar="REGEX", help="never prune weights whose name matches")
     scores = parser.add_argument_group(
@@ -178,7 +184,10 @@ def _run_plan(args: argparse.Namespace, console: Console) -> int:
         masks.validate(model, expected=prunable_shapes(model, saved))
         sparsity = 1.0 - masks.density()
         mode = str(metadata.get("mask_mode", "random"))
-        plan = plan_from_masks(masks, sparsity, str(metadata.get("distribution", "file")), mask_mode=mode)
+        distribution = str(metadata.get("distribution", "file"))
+        plan = plan_from_masks(
+            masks, sparsity, distribution, mask_mode=mode, allow_empty_layers=args.allow_empty_layers
+        )
     else:
         if args.sparsity is None:
             raise ConfigError("--sparsity is required (or --masks FILE to describe saved masks)")
@@ -191,6 +200,7 @@ def _run_plan(args: argparse.Namespace, console: Console) -> int:
             args.sampling,
             selector,
             mask_mode=mask_mode,
+            allow_empty_layers=args.allow_empty_layers,
             **_score_inputs(args, method, shape),
             **_rule_options(args, distribution),
         )

@@ -1,12 +1,21 @@
-"""Model complexity that counts only the weights that remain: parameters, MACs per layer, memory.
+"""Model complexity that counts only the weights that remain: parameters, MACs per weight, memory.
 
-Conventions (RigL's, so numbers compare with the sparse-training literature):
+What is counted, and how it relates to the papers:
 
-- A *MAC* is one multiply-accumulate of a Conv (any dimension, any groups, transposed too) or Linear
-  weight with an input value; per sample (batch of one). Biases, normalisation, activations and
-  pooling are not counted. A dense layer costs ``weight.numel() × positions`` MACs, where positions is
-  the number of output positions the weight slides over (input positions for a transposed conv);
-  the sparse cost is ``kept × positions``, where kept is the number of weights the mask keeps.
+- A *MAC* is one multiply-accumulate of a weight with an input value, per sample (batch of one).
+  Every multiplication by a parameter counts, whichever module or function makes it: the aten
+  matrix products (``mm``, ``addmm``, ``bmm``, ``baddbmm``; ``linear`` and ``matmul`` reach them)
+  and ``convolution`` (any dimension, groups, transposed), found by the parameter's identity (or
+  of a view or same-sized copy of it), so a weight used twice counts twice and
+  `nn.MultiheadAttention`'s ``out_proj.weight`` counts though ``out_proj`` is never called.
+  Biases, normalisation, activations, pooling and products of two activations (attention's
+  q·kᵀ) are not counted. A conv weight costs ``weight.numel() × positions`` (output positions;
+  input positions for a transposed conv), a matrix product ``output elements × inner size``.
+- The sparse count of a weight is its dense count times its kept fraction (``kept / numel``).
+- RigL (Evci et al., 2020) and the random-pruning paper (Liu et al., 2022) report *FLOPs*, a
+  multiply and an add each, so about 2 × these MACs; their tables also count the layers we skip
+  (RigL adds BN, activations and the backward pass for training FLOPs). Ratios of sparse to
+  dense (`FlopReport.ratio`) compare directly with theirs for the forward pass.
 - With `masks` (a `MaskSet` or ``{weight name: bool tensor}``), the masks say what is kept and every
   unmasked parameter counts as dense. Without masks, a weight's actual non-zeros count as kept;
   weights on the ``meta`` device have no values and count as dense.
@@ -26,6 +35,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from randsparse.errors import ConfigError, is_integer
 from randsparse.evaluate.inference import eval_mode
@@ -35,9 +45,6 @@ from randsparse.sparsity.masks import MaskSet
 log = logging.getLogger(__name__)
 
 Masks = MaskSet | Mapping[str, torch.Tensor]
-
-# Modules whose weight MACs are counted. `_ConvNd` covers Conv1d/2d/3d and the transposed convs.
-COUNTED_MODULES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class ParamCounts:
 
 
 class LayerFlops(NamedTuple):
-    """MACs of one Conv/Linear weight per sample: dense, and counting only the kept weights."""
+    """MACs of one weight per sample, over all its uses: dense, and scaled by its kept fraction."""
 
     name: str
     dense_macs: int
@@ -89,7 +96,11 @@ class LayerFlops(NamedTuple):
 
 @dataclass(frozen=True)
 class FlopReport:
-    """Per-layer and total multiply-accumulates per sample, dense and sparse (RigL convention)."""
+    """Per-weight and total multiply-accumulates (MACs, not FLOPs) per sample, dense and sparse.
+
+    FLOPs as RigL and the random-pruning paper report them are about 2 × these MACs; see the
+    module docstring for what is counted.
+    """
 
     layers: list[LayerFlops]
     dense: int
@@ -171,15 +182,6 @@ def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def _positions(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
-    """How many times each weight of `module` is used per sample in this call (batch of one)."""
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return inputs[0].numel() // module.in_channels
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return output.numel() // module.out_channels
-    return output.numel() // module.out_features  # Linear over (1, *, in_features)
-
-
 def _input_dtype(model: nn.Module) -> torch.dtype:
     for p in model.parameters():
         if p.is_floating_point():
@@ -187,66 +189,117 @@ def _input_dtype(model: nn.Module) -> torch.dtype:
     return torch.get_default_dtype()
 
 
-def _shape_pass(model: nn.Module, input_shape: tuple[int, ...], calls: dict[str, list[int]]) -> None:
-    """Run one forward of a batch of one, recording each counted module's weight positions per call."""
-    counted = {name: m for name, m in model.named_modules() if isinstance(m, COUNTED_MODULES)}
+def _matmul_macs(args: tuple[Any, ...], out: Any) -> int:
+    """MACs of ``mm``/``addmm``/``bmm``/``baddbmm``: the output's elements times the inner size."""
+    left = args[-2]
+    return out.numel() * left.shape[-1]
 
-    def hook_for(name: str) -> Any:
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            calls.setdefault(name, []).append(_positions(module, inputs, output))
 
-        return hook
+def _conv_macs(args: tuple[Any, ...], out: Any) -> int:
+    """MACs of ``convolution``: every weight used once per output position (input, if transposed)."""
+    x, weight, transposed = args[0], args[1], bool(args[6])
+    positions = x.numel() // x.shape[1] if transposed else out.numel() // out.shape[1]
+    return weight.numel() * positions
 
-    handles = [module.register_forward_hook(hook_for(name)) for name, module in counted.items()]
+
+# The aten ops that multiply by a weight: the MACs of one call, and the positions of the two
+# factors, the usual place of a weight first. `linear`, `matmul` and `conv*d` reach the
+# dispatcher as these.
+_WEIGHT_OPS: dict[Any, tuple[Any, tuple[int, int]]] = {
+    torch.ops.aten.mm.default: (_matmul_macs, (1, 0)),
+    torch.ops.aten.addmm.default: (_matmul_macs, (2, 1)),
+    torch.ops.aten.bmm.default: (_matmul_macs, (1, 0)),
+    torch.ops.aten.baddbmm.default: (_matmul_macs, (2, 1)),
+    torch.ops.aten.convolution.default: (_conv_macs, (1, 0)),
+}
+
+
+class _WeightUseCounter(TorchDispatchMode):
+    """Adds up, per parameter, the MACs of every aten op that multiplies by it.
+
+    Parameters are recognised by identity, and so are tensors made from them by a view or a
+    same-sized copy (transpose, reshape, expand, dtype cast, masking), so a weight counts whichever
+    module or function uses it (e.g. `nn.MultiheadAttention`'s ``out_proj.weight``, passed to
+    ``F.linear`` without calling ``out_proj``).
+    """
+
+    def __init__(self, names: dict[int, str]) -> None:
+        super().__init__()
+        self.names = dict(names)
+        self.macs: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        used = [self.names[id(a)] for a in args if isinstance(a, torch.Tensor) and id(a) in self.names]
+        if not used:
+            return out
+        if func in _WEIGHT_OPS:
+            count, factors = _WEIGHT_OPS[func]
+            name = next((self.names[id(args[i])] for i in factors if id(args[i]) in self.names), None)
+            if name is not None:  # else only a bias is added here: no multiplication by a weight
+                self.macs[name] = self.macs.get(name, 0) + count(args, out)
+        elif isinstance(out, torch.Tensor) and any(
+            out.numel() == a.numel() for a in args if isinstance(a, torch.Tensor) and id(a) in self.names
+        ):
+            self.names[id(out)] = used[0]  # a view or same-sized copy of the weight stands for it
+        return out
+
+
+def _count_uses(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Run one forward of a batch of one; MACs per sample of every parameter, by name."""
     dtype = _input_dtype(model)
-    try:
-        with eval_mode(model), torch.no_grad():
-            try:
-                # Meta copies of every parameter and buffer (shared tensors stay shared), so nothing
-                # is computed or allocated and the model's own tensors are never touched.
-                memo: dict[int, torch.Tensor] = {}
-                state = {
-                    name: memo.setdefault(id(t), torch.empty_like(t, device="meta"))
-                    for name, t in [
-                        *model.named_parameters(remove_duplicate=False),
-                        *model.named_buffers(remove_duplicate=False),
-                    ]
-                }
+    names = {}
+    with eval_mode(model):
+        try:
+            # Meta copies of every parameter and buffer (shared tensors stay shared), so nothing
+            # is computed or allocated and the model's own tensors are never touched. Parameters
+            # require gradients, so no fused inference path (e.g. MultiheadAttention's) hides them.
+            memo: dict[int, torch.Tensor] = {}
+            state = {}
+            for name, t in model.named_parameters(remove_duplicate=False):
+                if id(t) not in memo:
+                    copy = torch.empty_like(t, device="meta").requires_grad_(t.is_floating_point())
+                    memo[id(t)] = copy
+                    names[id(copy)] = name
+                state[name] = memo[id(t)]
+            for name, t in model.named_buffers(remove_duplicate=False):
+                state[name] = memo.setdefault(id(t), torch.empty_like(t, device="meta"))
+            counter = _WeightUseCounter(names)
+            with torch.enable_grad(), counter:
                 functional_call(model, state, (torch.zeros((1, *input_shape), dtype=dtype, device="meta"),))
-            except (NotImplementedError, RuntimeError) as exc:
-                device = next((t.device for t in model.parameters()), torch.device("cpu"))
-                if device.type == "meta":
-                    raise
-                log.debug("meta-device forward failed (%s); counting with a real forward on zeros", exc)
-                calls.clear()
-                # Buffers are cloned so that even a module that updates them in eval mode changes nothing.
-                buffers = {name: b.clone() for name, b in model.named_buffers(remove_duplicate=False)}
-                functional_call(model, buffers, (torch.zeros((1, *input_shape), dtype=dtype, device=device),))
-    finally:
-        for handle in handles:
-            handle.remove()
+            return counter.macs
+        except (NotImplementedError, RuntimeError) as exc:
+            device = next((t.device for t in model.parameters()), torch.device("cpu"))
+            if device.type == "meta":
+                raise
+            log.debug("meta-device forward failed (%s); counting with a real forward on zeros", exc)
+        # Buffers are cloned so that even a module that updates them in eval mode changes nothing.
+        buffers = {name: b.clone() for name, b in model.named_buffers(remove_duplicate=False)}
+        counter = _WeightUseCounter({id(p): name for name, p in model.named_parameters()})
+        with torch.no_grad(), counter:
+            functional_call(model, buffers, (torch.zeros((1, *input_shape), dtype=dtype, device=device),))
+        return counter.macs
 
 
 def count_flops(model: nn.Module, input_shape: Sequence[int], masks: Masks | None = None) -> FlopReport:
-    """Dense and sparse MACs per sample of every Conv/Linear layer of `model` on one input.
+    """Dense and sparse MACs per sample of every weight `model` multiplies by, on one input.
 
     `input_shape` is the shape of one sample without the batch dimension, e.g. ``(3, 32, 32)``.
-    Layers are listed by weight name, in registration order; a layer called several times in a
-    forward counts every call; a layer never called is not listed.
+    Every use counts, whichever module or function makes it: a weight used twice counts twice, and
+    a weight another module uses directly (``nn.MultiheadAttention``'s ``out_proj.weight``) counts
+    too. A row's sparse MACs are its dense MACs times the weight's kept fraction. Rows are listed by
+    parameter name, in registration order; a parameter never multiplied by is not listed.
     """
     shape = _check_shape(input_shape)
     mask_set = _mask_set(model, masks) if masks is not None else None
-    calls: dict[str, list[int]] = {}
-    _shape_pass(model, shape, calls)
+    macs = _count_uses(model, shape)
     layers = []
-    for module_name, module in model.named_modules():
-        if module_name not in calls:
+    for name, param in model.named_parameters():
+        if name not in macs:
             continue
-        weight_name = f"{module_name}.weight" if module_name else "weight"
-        weight = module.weight
-        positions = sum(calls[module_name])
-        kept = _kept(weight, weight_name, mask_set)
-        layers.append(LayerFlops(weight_name, weight.numel() * positions, kept * positions))
+        dense = macs[name]
+        kept = _kept(param, name, mask_set)
+        layers.append(LayerFlops(name, dense, dense * kept // param.numel()))
     return FlopReport(layers=layers, dense=sum(x.dense_macs for x in layers), sparse=sum(x.sparse_macs for x in layers))
 
 

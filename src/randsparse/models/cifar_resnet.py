@@ -1,7 +1,10 @@
 """The CIFAR ResNet family of He et al. (2016): depth 6n+2, BasicBlocks, a width multiplier.
 
 Stages have 16w, 32w and 64w channels; where a block changes shape the shortcut is a 1x1 conv and
-BN (option B), as in the random-pruning paper's code.
+BN (option B), as in the random-pruning paper's code (VITA-Group/Random_Pruning,
+``CIFAR/models/cifar_resnet.py``). Initialisation is that code's too (`PAPER_CIFAR_RESNET` in
+`models/init.py`): convs and the classifier Kaiming-normal fan-in, biases at PyTorch's default,
+BN 1 and 0.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import torch
 from torch import nn
 
 from randsparse.errors import ConfigError
-from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model, scaled_channels
+from randsparse.models.init import PAPER_CIFAR_RESNET, InitMode, check_init_mode, init_weights_
+from randsparse.models.registry import register_model, scaled_channels
 
 
 class BasicBlock(nn.Module):
@@ -74,7 +78,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = residual_stages(planes[0], planes, blocks_per_stage, BasicBlock)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(planes[2], num_classes)
-        kaiming_init_(self, init_mode)
+        init_weights_(self, PAPER_CIFAR_RESNET, init_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))

@@ -1,16 +1,20 @@
 """torchvision's ImageNet ResNets, freshly initialised (weights are never downloaded).
 
-They keep torchvision's architecture; `in_channels` replaces the stem conv, `num_classes` the
-classifier, and every conv and the classifier are re-initialised Kaiming-normal with `init_mode`
-(default "fan_out", torchvision's own choice for its convs). No width multiplier: the Wide ResNets
-are registered under their own names.
+They keep torchvision's architecture and initialisation (`TORCHVISION` in `models/init.py`):
+convs Kaiming-normal fan-out, BN 1 and 0, the classifier at nn.Linear's default. `in_channels`
+replaces the stem conv (initialised like the others), `num_classes` the classifier.
+``init_mode="fan_in"`` re-initialises the convs fan-in, as the random-pruning paper's ImageNet
+code does when run with ``-c fanin`` (its README's Wide ResNet-50 command; the paper preset
+``configs/paper/imagenet-wrn50.yaml`` selects it); the classifier keeps nn.Linear's default either
+way. No width multiplier: the Wide ResNets are registered under their own names.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model
+from randsparse.models.init import TORCHVISION, InitMode, check_init_mode, init_weights_
+from randsparse.models.registry import register_model
 
 # The torchvision builders registered here, by their torchvision names. torchvision is imported
 # when one is built, not when randsparse is (it costs about a second of start-up).
@@ -34,7 +38,7 @@ def _register(name: str, family: str, depth: int, width: float | None) -> None:
         model = getattr(models, name)(weights=None, num_classes=num_classes)
         if in_channels != 3:
             model.conv1 = nn.Conv2d(in_channels, model.conv1.out_channels, 7, stride=2, padding=3, bias=False)
-        return kaiming_init_(model, init_mode)
+        return init_weights_(model, TORCHVISION, init_mode)
 
     builder.__name__ = name
     builder.__doc__ = f"torchvision {name} for ImageNet-sized inputs, random initialisation."

@@ -1,11 +1,11 @@
-"""The model registry (`register_model`, `build`) and what every builder shares: width, Kaiming init."""
+"""The model registry (`register_model`, `build`) and the width multiplier every builder shares."""
 
 from __future__ import annotations
 
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
@@ -13,7 +13,6 @@ from randsparse.errors import ConfigError, is_real
 from randsparse.registry import Registry, check_options
 
 ModelBuilder = Callable[..., nn.Module]
-InitMode = Literal["fan_in", "fan_out"]
 
 # Arguments every builder takes and `build` passes itself; the rest are the builder's options.
 _COMMON_ARGUMENTS = ("num_classes", "in_channels")
@@ -90,26 +89,3 @@ def scaled_channels(base: int, width: float) -> int:
     if not is_real(width) or not (0 < width < math.inf):
         raise ConfigError(f"width must be a positive number (e.g. 1.0, 0.5, 2), got {width!r}")
     return max(1, round(base * width))
-
-
-def check_init_mode(init_mode: str) -> None:
-    """Refuse an `init_mode` other than ``"fan_in"`` or ``"fan_out"`` with a `ConfigError`."""
-    if init_mode not in ("fan_in", "fan_out"):
-        raise ConfigError(f"init_mode must be 'fan_in' or 'fan_out', got {init_mode!r}")
-
-
-def kaiming_init_(model: nn.Module, init_mode: InitMode) -> nn.Module:
-    """Initialise `model` in place as in the random-pruning paper and return it.
-
-    Conv and Linear weights are Kaiming-normal for ReLU networks with `init_mode` ("fan_in" keeps
-    the forward variance, "fan_out" the backward one); normalisation layers start at scale 1,
-    shift 0. Biases keep PyTorch's default.
-    """
-    check_init_mode(init_mode)
-    for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            nn.init.kaiming_normal_(module.weight, mode=init_mode, nonlinearity="relu")
-        elif isinstance(module, nn.modules.batchnorm._NormBase) and module.affine:
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-    return model

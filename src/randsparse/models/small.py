@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from randsparse.errors import ConfigError, is_integer
-from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model, scaled_channels
+from randsparse.models.init import OURS, InitMode, check_init_mode, init_weights_
+from randsparse.models.registry import register_model, scaled_channels
 from randsparse.models.vgg import VGG
 
 
@@ -18,7 +19,11 @@ def _check_count(name: str, value: object, minimum: int, example: str) -> int:
 
 
 class MLP(nn.Module):
-    """Flatten, then `depth` hidden Linear-ReLU layers, then a Linear classifier."""
+    """Flatten, then `depth` hidden Linear-ReLU layers, then a Linear classifier.
+
+    Initialisation is ours (`OURS` in `models/init.py`): every weight Kaiming-normal with
+    `init_mode`, biases at PyTorch's default.
+    """
 
     def __init__(
         self,
@@ -37,7 +42,7 @@ class MLP(nn.Module):
             features = units
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(features, num_classes)
-        kaiming_init_(self, init_mode)
+        init_weights_(self, OURS, init_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1:].numel() != self.in_features:
@@ -73,8 +78,11 @@ def mlp(
 class SmallCNN(VGG):
     """Three stages of two conv3x3-BN-ReLU (16w, 32w, 64w channels), a 2x2 max pool after each, pool, Linear.
 
-    A BN-VGG with a short layout, so it shares VGG's layers, initialisation and forward.
+    A BN-VGG with a short layout, so it shares VGG's layers and forward; its initialisation is ours
+    (`OURS` in `models/init.py`: convs and classifier Kaiming-normal fan-in, PyTorch's default bias).
     """
+
+    INIT = OURS
 
     LAYOUT: tuple[int | str, ...] = (16, 16, "M", 32, 32, "M", 64, 64, "M")
 

@@ -3,6 +3,8 @@
 The layout of the random-pruning paper's CIFAR code: 3x3 convs without bias, each followed by BN
 and ReLU; four 2x2 max pools (the ImageNet VGG's fifth one is dropped, so a 32x32 input ends at
 2x2 and a 28x28 one at 1x1); a global average pool; one linear classifier. No large FC head.
+Initialisation is that code's too (`PAPER_VGG` in `models/init.py`): convs Kaiming-normal fan-out,
+the classifier N(0, 0.01) with zero bias, BN 1 and 0.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import torch
 from torch import nn
 
 from randsparse.errors import ConfigError, is_integer
-from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model, scaled_channels
+from randsparse.models.init import PAPER_VGG, InitMode, InitRecipe, check_init_mode, init_weights_
+from randsparse.models.registry import register_model, scaled_channels
 
 # Output channels of each conv at width 1; "M" is a 2x2 max pool.
 VGG_LAYOUTS: dict[int, tuple[int | str, ...]] = {
@@ -23,7 +26,13 @@ VGG_LAYOUTS: dict[int, tuple[int | str, ...]] = {
 
 
 class VGG(nn.Module):
-    """Conv-BN-ReLU stack given by `layout` (ints are widths at 1x, "M" a max pool), then pool and Linear."""
+    """Conv-BN-ReLU stack given by `layout` (ints are widths at 1x, "M" a max pool), then pool and Linear.
+
+    `INIT` is the family's initialisation recipe; `init_mode` (default: the recipe's) is the
+    Kaiming mode of the convs.
+    """
+
+    INIT: InitRecipe = PAPER_VGG
 
     def __init__(
         self,
@@ -31,10 +40,10 @@ class VGG(nn.Module):
         width: float = 1.0,
         num_classes: int = 10,
         in_channels: int = 3,
-        init_mode: InitMode = "fan_in",
+        init_mode: InitMode | None = None,
     ) -> None:
         super().__init__()
-        check_init_mode(init_mode)
+        check_init_mode(init_mode or self.INIT.default_mode)
         layers: list[nn.Module] = []
         channels = in_channels
         for item in layout:
@@ -48,7 +57,7 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
-        kaiming_init_(self, init_mode)
+        init_weights_(self, self.INIT, init_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
@@ -60,7 +69,7 @@ def vgg(
     width: float = 1.0,
     num_classes: int = 10,
     in_channels: int = 3,
-    init_mode: InitMode = "fan_in",
+    init_mode: InitMode = "fan_out",
 ) -> VGG:
     """BN-VGG of depth 11, 13, 16 or 19 and any width multiplier.
 
@@ -73,7 +82,9 @@ def vgg(
 
 
 def _fixed_depth(depth: int) -> None:
-    def builder(width: float = 1.0, num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_in") -> VGG:
+    def builder(
+        width: float = 1.0, num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_out"
+    ) -> VGG:
         return vgg(depth, width, num_classes, in_channels, init_mode)
 
     builder.__name__ = f"vgg{depth}"

@@ -3,7 +3,10 @@
 Depth d = 6n+4 gives three stages of n blocks with 16k, 32k and 64k channels after a 16-channel
 stem. `wrn` is the builder with knobs (`depth`, the widening factor `width` = k, `dropout`); the
 named variants `wrn16_8`, `wrn22_2`, `wrn28_10`, `wrn40_2` are fixed architectures, so their
-names never lie about what they build.
+names never lie about what they build. Initialisation follows the WRN of the random-pruning
+paper's code (``sparselearning/models.py``, after Zagoruyko & Komodakis' PyTorch port; `WRN` in
+`models/init.py`): convs Kaiming-normal fan-out, the classifier weight at nn.Linear's default and
+its bias zero, BN 1 and 0.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from torch import nn
 
 from randsparse.errors import ConfigError, is_integer, is_real
 from randsparse.models.cifar_resnet import residual_stages
-from randsparse.models.registry import InitMode, check_init_mode, kaiming_init_, register_model, scaled_channels
+from randsparse.models.init import WRN, InitMode, check_init_mode, init_weights_
+from randsparse.models.registry import register_model, scaled_channels
 
 
 class PreActBlock(nn.Module):
@@ -52,7 +56,7 @@ class WideResNet(nn.Module):
         width: float = 1.0,
         num_classes: int = 10,
         in_channels: int = 3,
-        init_mode: InitMode = "fan_in",
+        init_mode: InitMode = "fan_out",
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -64,7 +68,7 @@ class WideResNet(nn.Module):
         self.bn = nn.BatchNorm2d(planes[-1])
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(planes[-1], num_classes)
-        kaiming_init_(self, init_mode)
+        init_weights_(self, WRN, init_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layer3(self.layer2(self.layer1(self.conv1(x))))
@@ -79,7 +83,7 @@ def wrn(
     dropout: float = 0.0,
     num_classes: int = 10,
     in_channels: int = 3,
-    init_mode: InitMode = "fan_in",
+    init_mode: InitMode = "fan_out",
 ) -> WideResNet:
     """WRN-`depth`-`width`: any depth 6n+4 (n >= 1), widening factor `width` (k), optional dropout."""
     if not is_integer(depth) or depth < 10 or (depth - 4) % 6:
@@ -90,7 +94,7 @@ def wrn(
 
 
 def _fixed(depth: int, k: int) -> None:
-    def builder(num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_in") -> WideResNet:
+    def builder(num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_out") -> WideResNet:
         return wrn(depth, k, 0.0, num_classes, in_channels, init_mode)
 
     builder.__name__ = f"wrn{depth}_{k}"

@@ -19,6 +19,7 @@ from typing import Any
 
 from randsparse.errors import ConfigError, InfeasibleBudgetError, is_real
 from randsparse.registry import Registry, check_options
+from randsparse.sparsity.layer_types import weight_layout
 from randsparse.sparsity.layers import Shape, names_matching
 from randsparse.storage import read_mapping
 
@@ -136,8 +137,12 @@ def uniform_plus(
     """First layer dense, last layer at density >= `last_layer_min_density`, the rest uniform.
 
     The shared density of the other layers (and of the last layer, when above its floor) is solved
-    so that the global budget is exact; the paper's code keeps the rest at the target instead and
-    so overshoots it. First and last default to the first and last entries of `shapes`.
+    so that the global budget is exact. The paper's code (``sparselearning/core.py``, mode
+    ``uniform_plus``) misses the budget both ways: at target density >= 0.2 it keeps every other
+    layer at the target, so the dense first layer comes on top and it keeps more than the budget;
+    below 0.2 it divides what the dense first layer and the last layer at 0.2 leave by the size of
+    the whole model instead of the remaining layers, so it keeps fewer. First and last default to
+    the first and last entries of `shapes`.
     """
     names = list(shapes)
     first = _pick_layer(names, first_layer, 0, "first_layer")
@@ -198,12 +203,13 @@ def _check_fraction(value: float, option: str) -> None:
 
 
 def _er_raw(shape: Shape) -> float:
-    dims = shape[:2]
+    dims = weight_layout(shape)[:2]  # (out, in / groups), for a transposed conv too
     return sum(dims) / math.prod(dims)
 
 
 def _erk_raw(shape: Shape, power_scale: float) -> float:
-    return (sum(shape) / math.prod(shape)) ** power_scale
+    layout = weight_layout(shape)
+    return (sum(layout) / math.prod(layout)) ** power_scale
 
 
 def _check_power_scale(value: float) -> None:
@@ -239,7 +245,11 @@ def _scaled_densities(raw: Mapping[str, float], sizes: Mapping[str, int], budget
 
 @register_distribution("er")
 def er(shapes: Mapping[str, Shape], density: float) -> dict[str, float]:
-    """Erdős–Rényi: density proportional to (n_out + n_in) / (n_out * n_in) (first two dims)."""
+    """Erdős–Rényi: density proportional to (n_out + n_in) / (n_out * n_in).
+
+    n_out and n_in are the first two dims of the weight in a Conv's layout (out, in / groups), so a
+    transposed conv is read the same way as the conv it mirrors (`weight_layout`).
+    """
     sizes = _sizes(shapes)
     raw = {n: _er_raw(s) for n, s in shapes.items()}
     return _scaled_densities(raw, sizes, density * math.fsum(sizes.values()))
@@ -247,7 +257,10 @@ def er(shapes: Mapping[str, Shape], density: float) -> dict[str, float]:
 
 @register_distribution("erk")
 def erk(shapes: Mapping[str, Shape], density: float, erk_power_scale: float = 1.0) -> dict:
-    """Erdős–Rényi-Kernel: density proportional to (sum of dims / product of dims) ** power."""
+    """Erdős–Rényi-Kernel: density proportional to (sum of dims / product of dims) ** power.
+
+    The dims are the weight's in a Conv's layout (out, in / groups, *kernel) (`weight_layout`).
+    """
     _check_power_scale(erk_power_scale)
     sizes = _sizes(shapes)
     raw = {n: _erk_raw(s, erk_power_scale) for n, s in shapes.items()}

@@ -6,15 +6,16 @@
    the weight, so the masks follow `.to()`, `copy.deepcopy` and `torch.save(model)` without
    changing the model's `state_dict` keys;
 2. registers a gradient hook on each masked weight, so the gradient of a pruned weight is zero
-   before any optimizer, gradient clipping or DDP all-reduce sees it;
+   before any optimizer, gradient clipping or DDP all-reduce sees it. A weight frozen at attach
+   time (``requires_grad=False``) cannot hold a hook yet: a forward pre-hook on the model gives it
+   one at the first forward after it is unfrozen, before its gradient is computed;
 3. registers an optimizer step post-hook that re-masks the weights and every optimizer state
    tensor shaped like a weight (momentum, Adam moments, ...), so neither weight decay nor stale
    state can bring a pruned weight back.
 
 Any optimizer works (SGD, Adam, AdamW, under a `torch.amp.GradScaler` too): nothing here depends
 on its update rule. Hooks are not carried by `copy.deepcopy` or pickling; call `attach` again on a
-copy (`masks_from_model` reads its masks back). A frozen weight (``requires_grad=False``) is masked
-once and gets no gradient hook.
+copy (`masks_from_model` reads its masks back).
 """
 
 from __future__ import annotations
@@ -45,6 +46,24 @@ def _mask_grad(module: nn.Module, buffer: str, grad: torch.Tensor) -> torch.Tens
     return grad * module._buffers[buffer]
 
 
+class _UnfrozenWatch:
+    """Forward pre-hook that hooks the gradients of weights unfrozen since `attach`.
+
+    A copy (``copy.deepcopy``, pickling) is inert: the copied model's weights are new tensors,
+    which only an `attach` on the copy enforces.
+    """
+
+    def __init__(self, handle: FixedMask | None) -> None:
+        self._handle = handle
+
+    def __call__(self, module: nn.Module, args: object) -> None:
+        if self._handle is not None:
+            self._handle._hook_gradients()
+
+    def __reduce__(self) -> tuple[type[_UnfrozenWatch], tuple[None]]:
+        return (_UnfrozenWatch, (None,))
+
+
 class FixedMask:
     """Handle of masks attached to a model (and optimizers); `remove()` detaches everything."""
 
@@ -70,9 +89,18 @@ class FixedMask:
             module.register_buffer(buffer, mask.to(weight.device), persistent=False)
             self._targets[id(weight)] = (weight, module, buffer)
             _ENFORCED[id(weight)] = weight
-            if weight.requires_grad:  # a frozen weight has no gradient to mask
-                self._handles.append(weight.register_hook(partial(_mask_grad, module, buffer)))
+        self._hooked: set[int] = set()
+        self._hook_gradients()
+        # A weight unfrozen later gets its hook before the next forward computes its gradient.
+        self._handles.append(model.register_forward_pre_hook(_UnfrozenWatch(self)))
         self._reapply(p for p, _, _ in self._targets.values())
+
+    def _hook_gradients(self) -> None:
+        """Give every masked weight that now requires a gradient its masking hook (once)."""
+        for key, (weight, module, buffer) in self._targets.items():
+            if key not in self._hooked and weight.requires_grad:
+                self._handles.append(weight.register_hook(partial(_mask_grad, module, buffer)))
+                self._hooked.add(key)
 
     @property
     def masks(self) -> MaskSet:
@@ -125,6 +153,7 @@ class FixedMask:
                 module._buffers.pop(buffer, None)
                 module._non_persistent_buffers_set.discard(buffer)
         self._targets.clear()
+        self._hooked.clear()
 
 
 def attach(

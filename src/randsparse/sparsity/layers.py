@@ -13,17 +13,13 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from randsparse.errors import ConfigError
+from randsparse.sparsity.layer_types import CONV_TYPES, NORM_TYPES, LayerShape, layer_geometry
 
-DEFAULT_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+DEFAULT_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear)
 
 # Modules whose weights are scale/shift vectors, never connections: excluded even if a user's
 # type filter would admit them.
-_NEVER_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-)
+_NEVER_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = NORM_TYPES
 
 Shape = tuple[int, ...]
 
@@ -89,8 +85,16 @@ def prunable_parameters(model: nn.Module, selector: PrunableSelector | None = No
 
 
 def prunable_shapes(model: nn.Module, selector: PrunableSelector | None = None) -> dict[str, Shape]:
-    """`{name: shape}` of the prunable weights: the input every density rule works on."""
-    return {name: tuple(p.shape) for name, p in prunable_parameters(model, selector).items()}
+    """`{name: shape}` of the prunable weights: the input every density rule works on.
+
+    Each shape is a `LayerShape`, a tuple that also carries its layer's geometry, so rules that
+    need a layer's outputs read them right for transposed convs too.
+    """
+    shapes: dict[str, Shape] = {}
+    for name, p in prunable_parameters(model, selector).items():
+        module, _ = owning_module(model, name)
+        shapes[name] = LayerShape(tuple(p.shape), layer_geometry(module, p))
+    return shapes
 
 
 def owning_module(model: nn.Module, param_name: str) -> tuple[nn.Module, str]:

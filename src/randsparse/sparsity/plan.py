@@ -1,23 +1,32 @@
-"""From a model and a global sparsity to per-layer densities and a mask: drawn at random, or top-scored."""
+"""From a model and a global sparsity to per-layer densities and a mask: drawn at random, or top-scored.
+
+Every plan, whatever made it (a rule, a custom file, a mask file), is refused when it leaves a
+layer with no weights (the network is then disconnected and trains at chance), unless the caller
+opts in with ``allow_empty_layers`` (``allow_collapse`` of the score rules opts in too).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from randsparse.errors import ConfigError, is_real
+from randsparse.errors import ConfigError, InfeasibleBudgetError, RandsparseError, is_real
 from randsparse.sparsity.distributions import layer_densities
 from randsparse.sparsity.layers import PrunableSelector, prunable_shapes
-from randsparse.sparsity.masks import MaskSet, Sampling, seed_from
+from randsparse.sparsity.masks import MaskSet, Sampling, kept_count, seed_from
 from randsparse.sparsity.saliency import compute_scores, ratio_method, scorer_options
 from randsparse.sparsity.selection import top_score_masks
 
 MaskMode = Literal["random", "scores"]
 MASK_MODES: tuple[str, ...] = ("random", "scores")
+
+# How many empty layers a refusal lists before it says "and N more".
+_NAMES_SHOWN = 8
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ def plan_sparsity(
     data: Any = None,
     input_shape: Sequence[int] | None = None,
     score_options: Mapping[str, Any] | None = None,
+    allow_empty_layers: bool = False,
     **options: Any,
 ) -> SparsityPlan:
     """Densities of `distribution` at `sparsity` for `model`'s prunable layers, and their masks.
@@ -113,6 +123,10 @@ def plan_sparsity(
     (`mask_mode="random"`, ratio mode) or keep the top-scored weights (``"scores"``, mask mode:
     the pruning-at-initialization baseline). `options` go to the rule (for score rules: the
     collapse guard, ``allow_collapse``, ``min_weights_per_output``, ``min_density``).
+
+    Raises `InfeasibleBudgetError` when the masks leave a layer with no weights, naming the layers
+    and the highest sparsity at which this rule keeps a weight in every layer, unless
+    `allow_empty_layers` (or the score rules' ``allow_collapse``) is true.
     """
     density = sparsity_to_density(sparsity)
     if mask_mode not in MASK_MODES:
@@ -129,7 +143,14 @@ def plan_sparsity(
             )
         densities = layer_densities(shapes, density, distribution, **options)
         masks = MaskSet.random(shapes, densities, seed, sampling)
-        return plan_from_masks(masks, sparsity, distribution, densities)
+        return plan_from_masks(
+            masks,
+            sparsity,
+            distribution,
+            densities,
+            allow_empty_layers=allow_empty_layers,
+            densities_at=lambda d: layer_densities(shapes, d, distribution, **options),
+        )
     base = seed_from(seed)
     if scores is None:
         extra = dict(score_options or {})
@@ -148,7 +169,17 @@ def plan_sparsity(
         masks = top_score_masks(scores, densities)
     else:
         masks = MaskSet.random(shapes, densities, base, sampling)
-    return plan_from_masks(masks, sparsity, distribution, densities, mask_mode=mask_mode)
+    allow_empty = allow_empty_layers or bool(options.get("allow_collapse"))
+    given_scores = scores
+    return plan_from_masks(
+        masks,
+        sparsity,
+        distribution,
+        densities,
+        mask_mode=mask_mode,
+        allow_empty_layers=allow_empty,
+        densities_at=lambda d: layer_densities(shapes, d, distribution, scores=given_scores, **options),
+    )
 
 
 def plan_from_masks(
@@ -158,10 +189,77 @@ def plan_from_masks(
     densities: dict[str, float] | None = None,
     *,
     mask_mode: str = "random",
+    allow_empty_layers: bool = False,
+    densities_at: Callable[[float], Mapping[str, float]] | None = None,
 ) -> SparsityPlan:
-    """A plan describing existing `masks`; without `densities`, each layer's realised density."""
+    """A plan describing existing `masks`; without `densities`, each layer's realised density.
+
+    Raises `InfeasibleBudgetError` when a layer keeps no weights, unless `allow_empty_layers`;
+    `densities_at` (target density -> layer densities of the rule that made the masks) lets the
+    error name the highest sparsity at which every layer keeps a weight.
+    """
     layers = [
         LayerPlan(s.name, s.shape, s.params, densities[s.name] if densities else s.density, s.kept)
         for s in masks.summary()
     ]
-    return SparsityPlan(sparsity, distribution, layers, masks, mask_mode)
+    plan = SparsityPlan(sparsity, distribution, layers, masks, mask_mode)
+    if not allow_empty_layers:
+        refuse_empty_layers(plan, densities_at)
+    return plan
+
+
+def refuse_empty_layers(plan: SparsityPlan, densities_at: Callable[[float], Mapping[str, float]] | None = None) -> None:
+    """Raise `InfeasibleBudgetError` in one line if a layer of `plan` keeps no weights.
+
+    The line names the empty layers and, given `densities_at` (the plan's rule as target density
+    -> layer densities), the highest sparsity at which that rule keeps a weight in every layer.
+    """
+    empty = [layer for layer in plan.layers if layer.kept == 0 and layer.params > 0]
+    if not empty:
+        return
+    shown = ", ".join(f"{x.name} (0 of {x.params} kept)" for x in empty[:_NAMES_SHOWN])
+    shown += f" and {len(empty) - _NAMES_SHOWN} more" if len(empty) > _NAMES_SHOWN else ""
+    source = f"sparsity {plan.sparsity:g} with distribution {plan.distribution!r}"
+    advice = "draw the masks at a lower sparsity"
+    if densities_at is not None:
+        highest = highest_connected_sparsity(plan.layers, densities_at, plan.sparsity)
+        if highest is None:
+            advice = "no sparsity of this rule and options keeps a weight in every layer; change its options"
+        elif highest >= plan.sparsity:
+            advice = "a random (Bernoulli) draw left it empty; use sampling 'exact' or another seed"
+        else:
+            advice = f"the highest sparsity that keeps a weight in every layer is {highest:.6f}"
+    raise InfeasibleBudgetError(
+        f"{source} leaves {len(empty)} layer(s) with no weights, which disconnects the network: {shown};"
+        f" {advice}; or allow empty layers (sparsity.options.allow_empty_layers: true, --allow-empty-layers)"
+    )
+
+
+def highest_connected_sparsity(
+    layers: Sequence[LayerPlan], densities_at: Callable[[float], Mapping[str, float]], upto: float
+) -> float | None:
+    """Highest sparsity in [0, `upto`] (6 decimals, rounded down) at which every layer keeps a weight.
+
+    Found by bisection on the rule `densities_at`, counting kept weights as an exact draw does;
+    None when even sparsity 0 leaves a layer empty (or the rule refuses it).
+    """
+
+    def connected(sparsity: float) -> bool:
+        try:
+            densities = densities_at(1.0 - sparsity)
+        except RandsparseError:
+            return False
+        return all(kept_count(densities[x.name], x.params) >= 1 for x in layers)
+
+    if connected(upto):
+        return upto
+    if not connected(0.0):
+        return None
+    low, high = 0.0, upto
+    for _ in range(40):
+        middle = (low + high) / 2
+        if connected(middle):
+            low = middle
+        else:
+            high = middle
+    return math.floor(low * 1e6) / 1e6

@@ -18,6 +18,7 @@ import torch
 
 from randsparse.errors import ConfigError, InfeasibleBudgetError, is_integer, is_real
 from randsparse.sparsity.distributions import check_density
+from randsparse.sparsity.layer_types import shape_outputs
 from randsparse.sparsity.layers import Shape
 from randsparse.sparsity.masks import MaskSet, kept_count
 
@@ -52,7 +53,8 @@ def layer_floors(
     """The fewest weights the collapse guard lets each layer keep.
 
     A layer's floor is ``max(min_weights_per_output * output units, ceil(min_density * size))``,
-    capped at its size; the output units are the weight's first dimension.
+    capped at its size; the output units are the layer's (`shape_outputs`: a Conv's or Linear's
+    first dimension, a transposed conv's second times its groups).
     """
     if not is_integer(min_weights_per_output):
         raise ConfigError(f"min_weights_per_output must be a non-negative integer, got {min_weights_per_output!r}")
@@ -63,7 +65,7 @@ def layer_floors(
     floors = {}
     for name, shape in shapes.items():
         size = math.prod(shape)
-        outputs = shape[0] if shape else 1
+        outputs = shape_outputs(shape)
         by_density = math.ceil(min_density * size - 1e-9 * size)
         floors[name] = min(size, max(min_weights_per_output * outputs, by_density))
     return floors

@@ -9,9 +9,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
+from randsparse.sparsity.layer_types import NORM_TYPES
 from randsparse.train.config import OptimConfig, ScheduleConfig
-
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
 def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
@@ -24,7 +23,7 @@ def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            exempt = isinstance(module, _NORM_TYPES) or name == "bias" or param.ndim <= 1
+            exempt = isinstance(module, NORM_TYPES) or name == "bias" or param.ndim <= 1
             (no_decay if exempt else decay).append(param)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
