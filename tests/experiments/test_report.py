@@ -164,3 +164,35 @@ def test_the_report_reads_the_architecture_a_run_recorded_and_resolves_old_rows_
     store.finish("r", "done", {"architecture": {"family": "resnet", "depth": 56, "width": 2.0}})
     row = runs_frame(store.rows()).iloc[0]
     assert (row["family"], row["depth"], row["width"]) == ("resnet", 56, 2.0)
+
+
+# Run in a fresh interpreter: the backend the caller chose (here "svg", as a notebook would choose
+# its inline backend) must survive writing a report and a reliability diagram, and pyplot (the
+# global figure manager) must never be loaded by randsparse.
+_KEEPS_BACKEND = """
+import sys
+import matplotlib
+matplotlib.use("svg")
+import torch
+from randsparse.evaluate import reliability_diagram
+from randsparse.experiments import ResultsStore, write_report
+out = sys.argv[1]
+report = write_report(ResultsStore(out + "/results.sqlite"), out + "/report")
+generator = torch.Generator().manual_seed(0)
+reliability_diagram(torch.randn(50, 3, generator=generator), torch.randint(0, 3, (50,)), out + "/reliability.png")
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_report_and_diagram_leave_the_callers_matplotlib_backend_alone(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    _store(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", _KEEPS_BACKEND, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["svg", "False"]
+    for png in ("report/accuracy_vs_sparsity.png", "report/gap_vs_width.png", "reliability.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

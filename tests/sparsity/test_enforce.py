@@ -1,4 +1,4 @@
-"""Fixed-mask training (`randsparse.sparsity.enforce`): invariant 3 of DESIGN.md.
+"""Fixed-mask training (`randsparse.sparsity.enforce`): pruned weights stay pruned.
 
 After every optimizer step every pruned weight is exactly 0.0, and neither weight decay nor
 optimizer state (momentum, Adam moments) can bring it back; masks travel with the model.

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from randsparse.errors import UnknownNameError
 from randsparse.experiments.store import ResultsStore, RunRow
@@ -196,10 +195,17 @@ def _markdown_table(table: pd.DataFrame, order: list[str]) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else "_no finished runs yet_"
 
 
-def _panel_grid(count: int) -> tuple[plt.Figure, list[plt.Axes]]:
+def _panel_grid(count: int) -> tuple[Figure, list[Axes]]:
+    """A figure of `count` panels, three a row, on its own Agg canvas.
+
+    The figure is built with matplotlib's object API, not pyplot: reporting never switches the
+    process's backend (a notebook keeps its own) and leaves no figure registered anywhere.
+    """
     cols = min(count, 3)
     lines = math.ceil(count / cols)
-    figure, axes = plt.subplots(lines, cols, figsize=(4.6 * cols, 3.6 * lines), squeeze=False, sharey=True)
+    figure = Figure(figsize=(4.6 * cols, 3.6 * lines))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(lines, cols, squeeze=False, sharey=True)
     flat = [ax for row in axes for ax in row]
     for ax in flat[count:]:
         ax.set_visible(False)
@@ -263,11 +269,10 @@ def plot_gap_vs_size(table: pd.DataFrame, axis: str, path: Path, title: str) -> 
     return _save(figure, path)
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path) -> Path:
     """Write the figure as a PNG, atomically like every file randsparse writes."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 

@@ -8,7 +8,7 @@ from randsparse.sparsity.distributions import (
 )
 from randsparse.sparsity.enforce import FixedMask, attach, masks_from_model
 from randsparse.sparsity.layers import PrunableSelector, prunable_parameters, prunable_shapes
-from randsparse.sparsity.masks import LayerSummary, MaskSet
+from randsparse.sparsity.masks import LayerSummary, MaskSet, load_masks, save_masks
 from randsparse.sparsity.plan import SparsityPlan, plan_sparsity, sparsity_to_density
 from randsparse.sparsity.saliency import available_scorers, compute_scores, register_scorer
 from randsparse.sparsity.selection import masks_from_scores, score_densities
@@ -25,6 +25,7 @@ __all__ = [
     "compute_scores",
     "layer_densities",
     "load_custom_densities",
+    "load_masks",
     "masks_from_model",
     "masks_from_scores",
     "plan_sparsity",
@@ -32,6 +33,7 @@ __all__ = [
     "prunable_shapes",
     "register_distribution",
     "register_scorer",
+    "save_masks",
     "score_densities",
     "sparsity_to_density",
 ]
