@@ -111,7 +111,8 @@ def unseal(data: bytes, label: str) -> tuple[bytes, str | None]:
     payload, kind, digest = split
     if hashlib.sha256(payload).hexdigest() != digest:
         raise FileFormatError(
-            f"{label} is corrupt: its contents do not match the checksum written with them (damaged on disk or in transfer?)"
+            f"{label} is corrupt: its contents do not match the checksum written with them"
+            " (damaged on disk or in transfer?)"
         )
     return payload, kind
 
@@ -160,7 +161,8 @@ def read_torch(source: str | Path | bytes, what: str) -> tuple[Any, str | None]:
     try:
         content = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a torn or foreign file
-        raise FileFormatError(f"cannot read {label}: corrupt or unreadable ({first_line(exc, 'not a torch archive')})") from None
+        reason = first_line(exc, "not a torch archive")
+        raise FileFormatError(f"cannot read {label}: corrupt or unreadable ({reason})") from None
     return content, kind
 
 
@@ -265,7 +267,7 @@ def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
         if path.suffix == ".json":
             data = json.loads(text, object_pairs_hook=_no_duplicates) if text.strip() else None
         else:
-            data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+            data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except (ValueError, yaml.YAMLError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         reason = "nested too deeply" if isinstance(exc, RecursionError) else first_line(exc)
         raise MappingFileError(f"cannot parse {label}: {reason}") from None

@@ -20,6 +20,23 @@ from randsparse.errors import ConfigError, FileFormatError
 from randsparse.storage import atomic_write_bytes
 from randsparse.train.config import TrainConfig, build_config, dump_config, read_yaml
 
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")  # plus everything under checkpoints/
+
+
+def owning_run(path: str | Path) -> Path | None:
+    """The run directory whose own file `path` is (its config, metrics, summary or a checkpoint), or None.
+
+    A run directory is one holding a ``config.yaml``; symlinks are followed, so a link to a run's
+    file is that file. Commands refuse to write their outputs there (see `randsparse.storage`).
+    """
+    path = Path(path).resolve()
+    parent = path.parent
+    if path.name in RUN_FILES and (parent / "config.yaml").is_file():
+        return parent
+    if parent.name == "checkpoints" and (parent.parent / "config.yaml").is_file():
+        return parent.parent
+    return None
+
 
 def _json_safe(value: Any) -> Any:
     """NaN and infinities as strings, so every file stays strict JSON."""
