@@ -244,7 +244,7 @@ def _check_shape(data: Any) -> str | None:
 
 
 def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """The mapping in YAML (or, for ``.json``, JSON) file `path`; an empty file is ``{}``.
+    """The mapping in YAML (or, for ``.json``, JSON) file `path`; an empty YAML file is ``{}``.
 
     The one reader of YAML/JSON settings files. A file that cannot be read, is not UTF-8 text, does
     not parse, repeats a key, nests deeper than `MAX_DEPTH`, expands to more than `MAX_NODES` values
@@ -265,7 +265,7 @@ def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
         ) from None
     try:
         if path.suffix == ".json":
-            data = json.loads(text, object_pairs_hook=_no_duplicates) if text.strip() else None
+            data = json.loads(text, object_pairs_hook=_no_duplicates)  # an empty JSON file is malformed
         else:
             data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except (ValueError, yaml.YAMLError, RecursionError) as exc:  # JSONDecodeError is a ValueError

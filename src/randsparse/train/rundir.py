@@ -16,8 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from randsparse.errors import ConfigError, FileFormatError
-from randsparse.storage import atomic_write_bytes
+from randsparse.errors import ConfigError
+from randsparse.storage import atomic_write_bytes, read_mapping
 from randsparse.train.config import TrainConfig, build_config, dump_config, read_yaml
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")  # plus everything under checkpoints/
@@ -103,13 +103,7 @@ class RunDir:
         """``summary.json`` (empty when absent); a malformed file is a `FileFormatError`."""
         if not self.summary_file.is_file():
             return {}
-        try:
-            data = json.loads(self.summary_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise FileFormatError(f"cannot read {str(self.summary_file)!r}: {exc}") from None
-        if not isinstance(data, dict):
-            raise FileFormatError(f"{str(self.summary_file)!r} does not hold a JSON object")
-        return data
+        return read_mapping(self.summary_file, "run summary")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` atomically."""
