@@ -116,7 +116,7 @@ class ResultsStore:
             raise FileFormatError(
                 f"{self._label} is an empty file, not a store randsparse wrote; remove it to start afresh"
             )
-        with self._open() as db:
+        with self._open(plain=True) as db:  # no pragmas yet: a foreign database is left exactly as it was
             self._check_schema(db)
 
     def _create(self) -> None:
@@ -152,10 +152,10 @@ class ResultsStore:
                 )
 
     @contextlib.contextmanager
-    def _open(self) -> Iterator[sqlite3.Connection]:
-        """A connection; any SQLite failure (not a database, corrupt pages) is a `FileFormatError`."""
+    def _open(self, plain: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection (`plain`: without the WAL pragmas); any SQLite failure is a `FileFormatError`."""
         try:
-            db = self._connect()
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None) if plain else self._connect()
         except sqlite3.DatabaseError as exc:
             raise FileFormatError(f"{self._label} is not a usable results store: {first_line(exc)}") from None
         try:
