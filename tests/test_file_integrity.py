@@ -227,3 +227,22 @@ def test_crafted_export_files_are_file_format_errors(run_dir, tmp_path, edit, fr
     _write_plain(content, out)
     with pytest.raises(FileFormatError, match=fragment):
         load(out)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"", "empty file"),
+        (b"SQLite format 3\x00" + b"\xff" * 2000, "results store"),
+        (b"\x00" * 4096, "results store"),
+    ],
+    ids=["empty", "damaged_header", "zeros"],
+)
+def test_report_on_a_store_that_is_not_ours_exits_2_and_writes_nothing(tmp_path, content, fragment, capsys) -> None:
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "results.sqlite").write_bytes(content)
+    code, _, err = run(["report", str(study)], capsys)
+    _one_line(code, err, "results.sqlite", fragment)
+    assert sorted(p.name for p in study.iterdir()) == ["results.sqlite"]
+    assert (study / "results.sqlite").read_bytes() == content
