@@ -113,3 +113,115 @@ def test_a_file_that_is_not_a_store_is_refused(tmp_path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(FileFormatError, match="not a usable results store"):
         ResultsStore(path)
+
+
+# --- stores that are not what they should be ------------------------------------------------------
+def _other_schema(path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE runs (id TEXT, name TEXT)")
+    db.execute("CREATE TABLE study (key TEXT, value TEXT)")
+    db.commit()
+    db.close()
+
+
+def _newer_version(path) -> None:
+    import sqlite3
+
+    ResultsStore(path)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+
+
+def _other_database(path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE photos (id INTEGER)")
+    db.commit()
+    db.close()
+
+
+def _damaged_pages(path) -> None:
+    store = ResultsStore(path)
+    store.sync(_specs(50), {"name": "s"})
+    data = bytearray(path.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # the header page's schema records
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (_other_schema, "another schema"),
+        (_newer_version, "schema version 99"),
+        (_other_database, "no 'runs' table"),
+        (_damaged_pages, "results store"),
+    ],
+    ids=["empty", "other_schema", "newer_version", "other_database", "damaged"],
+)
+def test_stores_that_are_not_ours_are_one_line_file_format_errors(tmp_path, make, fragment) -> None:
+    path = tmp_path / "results.sqlite"
+    make(path)
+    before = path.read_bytes()
+    with pytest.raises(FileFormatError, match=fragment) as caught:
+        store = ResultsStore(path)
+        store.rows()
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    assert path.read_bytes() == before
+
+
+def _set(path, sql: str, *args) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute(sql, args)
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "fragment"),
+    [
+        ("UPDATE runs SET spec = '{not json' WHERE id = 'run01'", "spec of run 'run01'"),
+        ("UPDATE runs SET spec = '[1, 2]' WHERE id = 'run01'", "spec is not a JSON object"),
+        ("UPDATE runs SET metrics = '\"text\"' WHERE id = 'run01'", "metrics"),
+        ("UPDATE runs SET status = 'exploded' WHERE id = 'run01'", "exploded"),
+        ("UPDATE study SET value = 'nope'", "study config"),
+    ],
+    ids=["spec_not_json", "spec_not_object", "metrics_not_object", "unknown_status", "study_not_json"],
+)
+def test_rows_that_do_not_decode_are_named(tmp_path, sql, fragment) -> None:
+    path = tmp_path / "results.sqlite"
+    store = ResultsStore(path)
+    store.sync(_specs(2), {"name": "s"})
+    _set(path, sql)
+    with pytest.raises(FileFormatError, match=fragment):
+        store.rows()
+        store.counts()
+        store.study()
+
+
+@pytest.mark.parametrize("pid", ["'abc'", "-1", "0", "NULL"])
+def test_a_running_row_with_an_invalid_pid_is_refused_not_signalled(tmp_path, pid) -> None:
+    path = tmp_path / "results.sqlite"
+    store = ResultsStore(path)
+    store.sync(_specs(1), {})
+    store.claim()
+    _set(path, f"UPDATE runs SET pid = {pid}")
+    with pytest.raises(FileFormatError, match="pid"):
+        store.requeue_stale()
+
+
+def test_a_new_store_is_never_an_empty_file_and_a_missing_one_is_not_created_on_read(tmp_path) -> None:
+    path = tmp_path / "results.sqlite"
+    with pytest.raises(FileFormatError, match="does not exist"):
+        ResultsStore(path, create=False)
+    assert not path.exists()
+    ResultsStore(path)
+    assert path.stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("results.sqlite")) == []
+    assert ResultsStore(path).rows() == []  # reopening our own store is fine

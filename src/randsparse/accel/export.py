@@ -1,6 +1,7 @@
 """Compressed sparse models: `export_model` writes one, `load` rebuilds a fast `nn.Module` from it.
 
-The file is a `torch.save` archive (read back with ``weights_only=True``) holding:
+The file is a `torch.save` archive (read back with ``weights_only=True``), sealed with a SHA-256
+footer by `randsparse.storage.seal` (`torch.load` ignores it; `load` verifies it first), holding:
 
 - ``format``: `FORMAT`, so a foreign or older file is refused with a clear message;
 - ``model_spec``: what `randsparse.models.build` needs to rebuild the architecture
@@ -31,15 +32,16 @@ from randsparse.accel.dispatch import DispatchMode, check_mode, replace_module, 
 from randsparse.accel.encoding import decode_mask, encode_mask, payload_bytes
 from randsparse.accel.sparse_conv import SparseConv2d
 from randsparse.accel.sparse_linear import SparseLinear
-from randsparse.errors import ConfigError, FileFormatError, RandsparseError, first_line
+from randsparse.errors import ConfigError, FileFormatError, RandsparseError, first_line, is_integer
 from randsparse.models import ModelSpec
 from randsparse.sparsity.layers import owning_module
 from randsparse.sparsity.masks import MaskSet
-from randsparse.storage import atomic_write_bytes
+from randsparse.storage import atomic_write_bytes, read_torch, seal
 
 log = logging.getLogger(__name__)
 
 FORMAT = "randsparse.sparse-model/v1"
+FILE_KIND = "sparse-model"  # the kind sealed into the file (see randsparse.storage)
 
 
 @dataclass(frozen=True)
@@ -127,9 +129,10 @@ def export_state(
 
 
 def _serialise(content: dict[str, Any]) -> bytes:
+    """The file's bytes: `torch.save` of `content`, sealed with its checksum."""
     buffer = io.BytesIO()
     torch.save(content, buffer)
-    return buffer.getvalue()
+    return seal(buffer.getvalue(), FILE_KIND)
 
 
 def export_bytes(
@@ -162,15 +165,8 @@ def export_model(
 
 def _read(source: str | Path | bytes) -> dict[str, Any]:
     label = "the given bytes" if isinstance(source, bytes) else repr(str(source))
-    if not isinstance(source, bytes) and not Path(source).is_file():
-        raise FileFormatError(f"sparse model file {label} does not exist")
-    try:
-        handle = io.BytesIO(source) if isinstance(source, bytes) else source
-        content = torch.load(handle, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a file that is not an archive
-        reason = first_line(exc, "empty or truncated file")
-        raise FileFormatError(f"cannot read sparse model file {label}: {reason}") from None
-    if not isinstance(content, dict) or content.get("format") != FORMAT:
+    content, kind = read_torch(source, "sparse model file")
+    if not isinstance(content, dict) or content.get("format") != FORMAT or kind not in (None, FILE_KIND):
         found = content.get("format") if isinstance(content, dict) else None
         raise FileFormatError(
             f"{label} is not a randsparse sparse model (format {found!r}, expected {FORMAT!r});"
@@ -179,22 +175,32 @@ def _read(source: str | Path | bytes) -> dict[str, Any]:
     for key, kind in (("model_spec", dict), ("dense", dict), ("sparse", dict)):
         if not isinstance(content.get(key), kind):
             raise FileFormatError(f"sparse model file {label} has no valid {key!r} entry")
+    for name, tensor in content["dense"].items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise FileFormatError(f"sparse model file {label}: dense entry {name!r} is not a tensor")
+    if not all(isinstance(name, str) and isinstance(entry, dict) for name, entry in content["sparse"].items()):
+        raise FileFormatError(f"sparse model file {label}: 'sparse' is not a mapping of names to entries")
     return content
 
 
 def _decode_layer(name: str, entry: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(masked dense weight, mask) of one stored pruned layer."""
     try:
-        shape = tuple(int(d) for d in entry["shape"])
-        kept = int(entry["kept"])
-        values = entry["values"]
+        raw_shape, kept, values = entry["shape"], entry["kept"], entry["values"]
+        if not isinstance(raw_shape, (list, tuple)) or not all(is_integer(d) and d >= 0 for d in raw_shape):
+            raise FileFormatError(f"shape {raw_shape!r} is not a list of non-negative integers")
+        shape = tuple(raw_shape)
+        if not (is_integer(kept) and kept >= 0):
+            raise FileFormatError(f"kept count {kept!r} is not a non-negative integer")
         if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() != kept:
             raise FileFormatError(f"values of {name!r} do not hold {kept} entries")
         mask = decode_mask(str(entry["encoding"]), entry["payload"], shape, kept)
     except FileFormatError as exc:
         raise FileFormatError(f"pruned layer {name!r}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise FileFormatError(f"pruned layer {name!r} is malformed: {exc}") from None
+        raise FileFormatError(f"pruned layer {name!r} is malformed: {first_line(exc)}") from None
+    if not values.is_floating_point():
+        raise FileFormatError(f"pruned layer {name!r}: values are {values.dtype}, not floating point")
     weight = torch.zeros(shape, dtype=values.dtype)
     weight[mask] = values
     return weight, mask
@@ -264,15 +270,24 @@ def load(source: str | Path | bytes, mode: DispatchMode = "auto") -> nn.Module:
         raise FileFormatError(f"sparse model file has a bad model_spec: {exc}") from None
     model = _empty_model(spec)
     dense = dict(content["dense"])
-    expected = set(model.state_dict())
-    unknown = sorted((set(dense) | set(content["sparse"])) - expected)
+    expected = model.state_dict()
+    unknown = sorted((set(dense) | set(content["sparse"])) - set(expected))
     if unknown:
         raise FileFormatError(f"sparse model file holds {unknown[0]!r}, which model {spec['name']!r} does not have")
+    for name, tensor in dense.items():  # before load_state_dict, which would raise a RuntimeError
+        if tuple(tensor.shape) != tuple(expected[name].shape) or tensor.dtype.is_complex:
+            raise FileFormatError(
+                f"sparse model file: {name!r} has shape {tuple(tensor.shape)}, model {spec['name']!r}"
+                f" needs {tuple(expected[name].shape)}"
+            )
     replaced: set[str] = set()
     for name, entry in content["sparse"].items():
-        weight, mask = _decode_layer(name, entry)
         module, attr = owning_module(model, name)
         current = getattr(module, attr)
+        stored = entry.get("shape")
+        if not isinstance(stored, (list, tuple)) or tuple(stored) != tuple(current.shape):
+            raise FileFormatError(f"pruned layer {name!r} has shape {stored!r}, the model {tuple(current.shape)}")
+        weight, mask = _decode_layer(name, entry)
         if tuple(current.shape) != tuple(weight.shape):
             raise FileFormatError(
                 f"pruned layer {name!r} has shape {tuple(weight.shape)}, the model {tuple(current.shape)}"
@@ -288,7 +303,10 @@ def load(source: str | Path | bytes, mode: DispatchMode = "auto") -> nn.Module:
         for module_name in (name.rpartition(".")[0] for name in replaced)
         for buffer in model.get_submodule(module_name)._buffers
     }
-    missing, unexpected = model.load_state_dict(dense, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(dense, strict=False)
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied in
+        raise FileFormatError(f"sparse model file does not fit the model: {first_line(exc)}") from None
     missing = [m for m in missing if m not in own]
     absent = sorted(set(missing) - set(content["sparse"]))
     if absent or unexpected:

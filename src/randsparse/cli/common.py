@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
+from randsparse.errors import ConfigError
 from randsparse.models import ModelSpec, available_models
+from randsparse.storage import check_output_path
 
 
 def fraction(text: str) -> float:
@@ -15,6 +18,23 @@ def fraction(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def output_file(path: str | Path, kind: str, flag: str) -> Path:
+    """`path` if a command may write its `kind` of file there (`flag` names the option in errors).
+
+    Refused with a `ConfigError`: a run directory's own files (config, metrics, summary,
+    checkpoints), a directory, and any existing file that is not a `kind` file randsparse wrote.
+    """
+    from randsparse.train.rundir import owning_run  # pydantic config: only when writing a file
+
+    run = owning_run(path)
+    if run is not None:
+        raise ConfigError(
+            f"{flag} {str(path)!r} is one of the files of run {str(run)!r}; refusing to write over it"
+            " (choose a path outside the run's config, metrics, summary and checkpoints)"
+        )
+    return check_output_path(path, kind, flag)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

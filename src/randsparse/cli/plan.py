@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from randsparse import data as datasets
-from randsparse.cli.common import add_model_args, build_model_from_args, fraction
+from randsparse.cli.common import add_model_args, build_model_from_args, fraction, output_file
 from randsparse.errors import ConfigError
 from randsparse.sparsity import (
     PrunableSelector,
@@ -22,6 +22,7 @@ from randsparse.sparsity import (
     plan_sparsity,
     prunable_shapes,
 )
+from randsparse.sparsity.masks import FILE_KIND as MASKS_FILE_KIND
 from randsparse.sparsity.masks import SAMPLING_MODES, load_masks, save_masks
 from randsparse.sparsity.plan import plan_from_masks
 from randsparse.sparsity.saliency import ratio_method, scorer_needs_data, scorer_options
@@ -82,7 +83,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     scores.add_argument("--input-size", type=int, metavar="N", help="synflow without --data: input height = width")
     io = parser.add_argument_group("mask files")
     io.add_argument("--masks", metavar="FILE", help="describe a saved mask file instead of drawing masks")
-    io.add_argument("--save-masks", metavar="FILE", help="write the drawn masks to FILE (atomically)")
+    io.add_argument(
+        "--save-masks",
+        metavar="FILE",
+        help="write the drawn masks to FILE (atomically): a new file, or a mask file to replace",
+    )
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     parser.set_defaults(handler=_run_plan)
 
@@ -191,6 +196,8 @@ def _run_plan(args: argparse.Namespace, console: Console) -> int:
     else:
         if args.sparsity is None:
             raise ConfigError("--sparsity is required (or --masks FILE to describe saved masks)")
+        if args.save_masks is not None:
+            output_file(args.save_masks, MASKS_FILE_KIND, "--save-masks")
         selector = PrunableSelector(include=args.include, exclude=args.exclude)
         plan = plan_sparsity(
             model,

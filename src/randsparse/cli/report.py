@@ -33,8 +33,21 @@ def _run_report(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(
             f"{str(study_dir)!r} is not a study directory (no {STORE_NAME}); run `randsparse study` first"
         )
+    out = Path(args.out) if args.out else study_dir / "report"
+    _check_report_dir(out)
     from randsparse.experiments.report import write_report  # pandas and matplotlib: only when reporting
 
-    report = write_report(open_store(study_dir), args.out or study_dir / "report")
+    report = write_report(open_store(study_dir, create=False), out)
     console.print(f"report written to {report.out_dir}: " + ", ".join(p.name for p in report.files))
     return 0
+
+
+def _check_report_dir(out: Path) -> None:
+    """Refuse a report folder that is a file, a run directory or a run's checkpoints (reports never go there)."""
+    from randsparse.train.rundir import owning_run  # pydantic config: only when reporting
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a folder for the report")
+    run = owning_run(out / "report.md")
+    if run is not None or (out / "config.yaml").is_file():
+        raise ConfigError(f"--out {str(out)!r} is a run directory; write the report to a folder of its own")

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from randsparse.errors import ConfigError
-from randsparse.storage import atomic_torch_save
+from randsparse.storage import atomic_torch_save, read_torch
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class LogitCache:
         if not path.is_file():
             return None
         try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
+            entry, _ = read_torch(path, "logit cache")
             ok = (
                 entry.get("format") == _CACHE_FORMAT
                 and entry.get("identity") == self.identity
@@ -147,7 +147,7 @@ class LogitCache:
     def save(self, name: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Store the logits and labels of set `name` (atomically)."""
         entry = {"format": _CACHE_FORMAT, "identity": self.identity, "name": name, "logits": logits, "labels": labels}
-        atomic_torch_save(entry, self.path(name))
+        atomic_torch_save(entry, self.path(name), kind="logit-cache")
 
 
 def _dataset_size(data: Data) -> int | None:

@@ -41,9 +41,9 @@ class StudyStatus:
         return sum(self.counts.values())
 
 
-def open_store(study_dir: str | Path) -> ResultsStore:
-    """The results store of a study directory."""
-    return ResultsStore(Path(study_dir) / STORE_NAME)
+def open_store(study_dir: str | Path, create: bool = True) -> ResultsStore:
+    """The results store of a study directory (created if absent, unless `create` is False)."""
+    return ResultsStore(Path(study_dir) / STORE_NAME, create=create)
 
 
 def prepare(

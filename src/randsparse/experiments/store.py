@@ -4,6 +4,12 @@ SQLite in WAL mode, every change in one short ``BEGIN IMMEDIATE`` transaction, s
 drivers (and any number of readers, such as a report) can share one store. A run moves
 ``pending -> running -> done | failed | diverged``; a ``running`` row whose owner died (its process
 is gone, or its heartbeat is stale) goes back to ``pending`` and its run resumes from its checkpoint.
+
+The store's schema version is SQLite's ``PRAGMA user_version`` (`SCHEMA_VERSION`; 0 is a store of the
+release before versioning, same tables). A new store is built under a temporary name and linked into
+place, so the file is either absent or complete: an empty file, a file that is not SQLite, a database
+of another schema or version, or a row that does not decode is a `FileFormatError` naming the store.
+SQLite checks its own pages, so the store carries no extra checksum.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from randsparse.errors import FileFormatError
+from randsparse.errors import FileFormatError, first_line, is_integer
 
+SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "done", "failed", "diverged")
 FINISHED = ("done", "failed", "diverged")
 
@@ -48,6 +55,13 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_COLUMNS = {
+    "runs": {
+        "id", "position", "in_study", "spec", "point", "status", "metrics", "error", "owner", "host", "pid",
+        "attempts", "completions", "created_at", "started_at", "finished_at", "heartbeat", "seconds",
+    },
+    "study": {"key", "value"},
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,20 +100,79 @@ def _process_alive(pid: int) -> bool:
 class ResultsStore:
     """A study's ``results.sqlite``."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        """Open the store at `path`, creating it (unless `create` is False) when there is no file.
+
+        Raises `FileFormatError` naming the file for an empty file, a file that is not SQLite, or a
+        database of another schema or a newer version.
+        """
         self.path = Path(path)
+        self._label = f"results store {str(self.path)!r}"
+        if not self.path.exists():
+            if not create:
+                raise FileFormatError(f"{self._label} does not exist")
+            self._create()
+        if not self.path.is_file():
+            raise FileFormatError(f"{self._label} is not a file")
+        if self.path.stat().st_size == 0:
+            raise FileFormatError(
+                f"{self._label} is an empty file, not a store randsparse wrote; remove it to start afresh"
+            )
+        with self._open(plain=True) as db:  # no pragmas yet: a foreign database is left exactly as it was
+            self._check_schema(db)
+            self._upgrade(db)
+
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        """Add what later releases added to a randsparse store (checked by `_check_schema` first)."""
+        if "deaths" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
+            # a store made before worker deaths were counted apart from a driver's claims
+            db.execute("ALTER TABLE runs ADD COLUMN deaths INTEGER NOT NULL DEFAULT 0")
+
+    def _create(self) -> None:
+        """Build the schema under a temporary name, then link it into place (never over an existing file)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
         try:
-            db = self._connect()
+            db = sqlite3.connect(tmp, isolation_level=None)
             try:
-                db.executescript(_SCHEMA)  # runs in its own transaction
-                columns = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
-                if "deaths" not in columns:  # a store made before worker deaths were counted apart
-                    db.execute("ALTER TABLE runs ADD COLUMN deaths INTEGER NOT NULL DEFAULT 0")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
             finally:
                 db.close()
+            with contextlib.suppress(FileExistsError):  # another driver created it first: use theirs
+                os.link(tmp, self.path)
+        finally:
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                leftover.unlink(missing_ok=True)
+
+    def _check_schema(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise FileFormatError(
+                f"{self._label} has schema version {version}; this randsparse reads up to {SCHEMA_VERSION} (upgrade it)"
+            )
+        for table, columns in _COLUMNS.items():
+            found = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if not found:
+                raise FileFormatError(f"{self._label} has no {table!r} table: it is not a randsparse results store")
+            if columns - found:
+                raise FileFormatError(
+                    f"{self._label} has another schema (table {table!r} lacks {sorted(columns - found)[0]!r})"
+                )
+
+    @contextlib.contextmanager
+    def _open(self, plain: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection (`plain`: without the WAL pragmas); any SQLite failure is a `FileFormatError`."""
+        try:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None) if plain else self._connect()
         except sqlite3.DatabaseError as exc:
-            raise FileFormatError(f"{str(self.path)!r} is not a usable results store: {exc}") from None
+            raise FileFormatError(f"{self._label} is not a usable results store: {first_line(exc)}") from None
+        try:
+            yield db
+        except sqlite3.DatabaseError as exc:
+            raise FileFormatError(f"{self._label} is not a usable results store: {first_line(exc)}") from None
+        finally:
+            db.close()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -110,8 +183,7 @@ class ResultsStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._connect()
-        try:
+        with self._open() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -119,8 +191,6 @@ class ResultsStore:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-        finally:
-            db.close()
 
     # --- study membership -------------------------------------------------------------------
     def sync(self, specs: Iterable[tuple[str, dict[str, Any], dict[str, Any]]], study: dict[str, Any]) -> None:
@@ -143,12 +213,14 @@ class ResultsStore:
 
     def study(self) -> dict[str, Any]:
         """The study config last synced into the store (empty if none)."""
-        db = self._connect()
-        try:
+        with self._open() as db:
             row = db.execute("SELECT value FROM study WHERE key = 'config'").fetchone()
-        finally:
-            db.close()
-        return json.loads(row["value"]) if row else {}
+        if row is None:
+            return {}
+        study = self._json(row["value"], "the study config")
+        if not isinstance(study, dict):
+            raise FileFormatError(f"{self._label} is corrupt: the study config is not a JSON object")
+        return study
 
     # --- the run life cycle -------------------------------------------------------------------
     def claim(self, owner: str | None = None) -> RunRow | None:
@@ -221,6 +293,11 @@ class ResultsStore:
         now = time.time()
         with self._transaction() as db:
             rows = db.execute("SELECT id, host, pid, heartbeat FROM runs WHERE status = 'running'").fetchall()
+            for r in rows:
+                if r["host"] == here and not (is_integer(r["pid"]) and r["pid"] > 0):
+                    raise FileFormatError(f"{self._label} is corrupt: run {r['id']!r} has pid {r['pid']!r}")
+                if r["heartbeat"] is not None and not isinstance(r["heartbeat"], (int, float)):
+                    raise FileFormatError(f"{self._label} is corrupt: run {r['id']!r} has heartbeat {r['heartbeat']!r}")
             stale = [
                 r["id"]
                 for r in rows
@@ -257,34 +334,57 @@ class ResultsStore:
     def counts(self) -> dict[str, int]:
         """Number of runs of the study in each status."""
         counts = dict.fromkeys(STATUSES, 0)
-        db = self._connect()
-        try:
+        with self._open() as db:
             found = db.execute("SELECT status, COUNT(*) AS n FROM runs WHERE in_study = 1 GROUP BY status").fetchall()
-        finally:
-            db.close()
+        unknown = [row["status"] for row in found if row["status"] not in counts]
+        if unknown:
+            raise FileFormatError(f"{self._label} is corrupt: a run has status {unknown[0]!r}")
         counts.update({row["status"]: row["n"] for row in found})
         return counts
 
     def _select(self, where: str, args: tuple) -> list[RunRow]:
-        db = self._connect()
-        try:
+        with self._open() as db:
             found = db.execute(f"SELECT * FROM runs {where} ORDER BY position", args).fetchall()
-        finally:
-            db.close()
-        return [
-            RunRow(
-                id=r["id"],
-                position=r["position"],
-                spec=json.loads(r["spec"]),
-                point=json.loads(r["point"]),
-                status=r["status"],
-                metrics=json.loads(r["metrics"]) if r["metrics"] else None,
-                error=r["error"],
-                host=r["host"],
-                attempts=r["attempts"],
-                completions=r["completions"],
-                seconds=r["seconds"],
-                deaths=r["deaths"],
-            )
-            for r in found
+        return [self._row(r) for r in found]
+
+    def _json(self, text: Any, what: str) -> Any:
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise FileFormatError(f"{self._label} is corrupt: {what} is not JSON ({first_line(exc)})") from None
+
+    def _row(self, r: sqlite3.Row) -> RunRow:
+        """A stored row, decoded and type-checked; anything malformed is a `FileFormatError` naming the run."""
+        run = f"run {r['id']!r}"
+        spec = self._json(r["spec"], f"the spec of {run}")
+        point = self._json(r["point"], f"the point of {run}")
+        metrics = self._json(r["metrics"], f"the metrics of {run}") if r["metrics"] else None
+        problems = [
+            (not isinstance(r["id"], str), "its id is not text"),
+            (not isinstance(spec, dict), "its spec is not a JSON object"),
+            (not isinstance(point, dict), "its point is not a JSON object"),
+            (metrics is not None and not isinstance(metrics, dict), "its metrics are not a JSON object"),
+            (r["status"] not in STATUSES, f"its status {r['status']!r} is unknown"),
+            (
+                not all(is_integer(r[k]) for k in ("position", "attempts", "deaths", "completions")),
+                "a counter is not an integer",
+            ),
+            (r["seconds"] is not None and not isinstance(r["seconds"], (int, float)), "its seconds are not a number"),
         ]
+        for bad, why in problems:
+            if bad:
+                raise FileFormatError(f"{self._label} is corrupt: {run}: {why}")
+        return RunRow(
+            id=r["id"],
+            position=r["position"],
+            spec=spec,
+            point=point,
+            status=r["status"],
+            metrics=metrics,
+            error=r["error"],
+            host=r["host"],
+            attempts=r["attempts"],
+            completions=r["completions"],
+            seconds=r["seconds"],
+            deaths=r["deaths"],
+        )

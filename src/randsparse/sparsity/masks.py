@@ -20,7 +20,7 @@ from torch import nn
 
 from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError, first_line, is_integer
 from randsparse.sparsity.layers import Shape, owning_module
-from randsparse.storage import atomic_torch_save
+from randsparse.storage import atomic_torch_save, read_torch
 
 Sampling = Literal["exact", "bernoulli"]
 SAMPLING_MODES: tuple[str, ...] = ("exact", "bernoulli")
@@ -230,14 +230,23 @@ class MaskSet(Mapping[str, torch.Tensor]):
         masks: dict[str, torch.Tensor] = {}
         for name, entry in entries.items():
             try:
-                shape = tuple(int(d) for d in entry["shape"])
-                bits = entry["bits"].cpu().numpy().astype(np.uint8, copy=False)
+                if not isinstance(name, str):
+                    raise TypeError(f"layer name {name!r} is not a string")
+                if not isinstance(entry, Mapping):
+                    raise TypeError("entry is not a mapping")
+                raw_shape = entry["shape"]
+                if not isinstance(raw_shape, (list, tuple)) or not all(is_integer(d) and d >= 0 for d in raw_shape):
+                    raise ValueError(f"shape {raw_shape!r} is not a list of non-negative integers")
+                shape = tuple(raw_shape)
+                bits = entry["bits"]
+                if not isinstance(bits, torch.Tensor) or bits.dtype != torch.uint8 or bits.dim() != 1:
+                    raise TypeError("'bits' is not a 1-D uint8 tensor")
                 size = math.prod(shape)
-                if bits.size != (size + 7) // 8:
+                if bits.numel() != (size + 7) // 8:
                     raise ValueError("bit count does not match the shape")
-                flat = np.unpackbits(bits, count=size).astype(bool)
+                flat = np.unpackbits(bits.cpu().numpy(), count=size).astype(bool)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise MaskMismatchError(f"corrupt mask entry {name!r}: {exc}") from None
+                raise MaskMismatchError(f"corrupt mask entry {name!r}: {first_line(exc)}") from None
             masks[name] = torch.from_numpy(flat).reshape(shape)
         return cls(masks)
 
@@ -286,27 +295,58 @@ class MaskSet(Mapping[str, torch.Tensor]):
 
 
 _FILE_KEY = "randsparse_masks"
+FILE_KIND = "masks"  # the kind sealed into the file (see randsparse.storage)
+# Metadata keys `save_masks` callers write, and the types a reader may rely on.
+_METADATA_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "distribution": (str,),
+    "mask_mode": (str,),
+    "sampling": (str,),
+    "sparsity": (int, float),
+    "seed": (int,),
+    "include": (list,),
+    "exclude": (list,),
+}
 
 
 def save_masks(masks: MaskSet, path: str | Path, **metadata: Any) -> None:
-    """Write `masks` (bit-packed) and JSON-like `metadata` to `path` atomically."""
-    atomic_torch_save({_FILE_KEY: masks.state_dict(), "metadata": metadata}, path)
+    """Write `masks` (bit-packed) and JSON-like `metadata` to `path` atomically, sealed with its checksum."""
+    atomic_torch_save({_FILE_KEY: masks.state_dict(), "metadata": metadata}, path, kind=FILE_KIND)
 
 
 def load_masks(path: str | Path) -> tuple[MaskSet, dict[str, Any]]:
-    """Read a mask file written by `save_masks`: the masks and their metadata."""
+    """Read a mask file written by `save_masks`: the masks and their metadata.
+
+    Raises `FileFormatError` naming the file when it is missing, damaged (checksum mismatch), not a
+    mask file, or holds malformed masks (negative or non-integer shapes, wrong bit counts) or
+    metadata of the wrong type (e.g. a string where a list of layer patterns belongs).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(f"mask file {str(path)!r} does not exist")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        reason = first_line(exc, "empty or truncated file")
-        raise FileFormatError(f"cannot read mask file {str(path)!r}: {reason}") from None
-    if not isinstance(content, dict) or _FILE_KEY not in content:
+    content, kind = read_torch(path, "mask file")
+    if not isinstance(content, dict) or _FILE_KEY not in content or kind not in (None, FILE_KIND):
         raise FileFormatError(f"{str(path)!r} is not a randsparse mask file")
     try:
         masks = MaskSet.from_state_dict(content[_FILE_KEY])
     except MaskMismatchError as exc:
         raise FileFormatError(f"mask file {str(path)!r} is corrupt: {exc}") from None
-    return masks, dict(content.get("metadata") or {})
+    metadata = content.get("metadata")
+    metadata = {} if metadata is None else metadata
+    problem = _metadata_problem(metadata)
+    if problem:
+        raise FileFormatError(f"mask file {str(path)!r} has bad metadata: {problem}")
+    return masks, dict(metadata)
+
+
+def _metadata_problem(metadata: Any) -> str | None:
+    """What is wrong with a mask file's metadata, or None."""
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        return "not a mapping of names to values"
+    for key, types in _METADATA_TYPES.items():
+        value = metadata.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            return f"{key!r} is a {type(value).__name__}"
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            return f"{key!r} is not a list of strings"
+    return None

@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from randsparse.errors import FileFormatError, first_line
-from randsparse.storage import atomic_torch_save
+from randsparse.errors import FileFormatError, MaskMismatchError, is_integer, is_real
+from randsparse.sparsity.masks import MaskSet
+from randsparse.storage import atomic_torch_save, read_torch
 
 CHECKPOINT_FORMAT = "randsparse.checkpoint/v1"
+FILE_KIND = "checkpoint"  # the kind sealed into the file (see randsparse.storage)
 
 
 @dataclass
@@ -100,26 +102,81 @@ def _python_state_from_plain(state: list) -> tuple:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (a crash leaves the previous file intact)."""
-    atomic_torch_save({"format": CHECKPOINT_FORMAT, **payload}, path)
+    """Write a checkpoint atomically (a crash leaves the previous file intact), sealed with its checksum."""
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, **payload}, path, kind=FILE_KIND)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`; anything else is a `FileFormatError`."""
+    """Read a checkpoint written by `save_checkpoint` (or by the previous release, without a checksum).
+
+    Raises `FileFormatError` naming the file when it is missing, damaged (checksum mismatch),
+    not a randsparse checkpoint, incomplete, or holds entries of the wrong type or shape (state
+    dict not a mapping of tensors, negative or non-integer counters, corrupt masks), before anything
+    is changed.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a torn or foreign file
-        reason = first_line(exc, "empty or truncated file")
-        raise FileFormatError(f"checkpoint {str(path)!r} is corrupt or unreadable: {reason}") from None
-    if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
+    content, kind = read_torch(path, "checkpoint")
+    if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT or kind not in (None, FILE_KIND):
         raise FileFormatError(f"{str(path)!r} is not a randsparse checkpoint")
     missing = [k for k in ("config_hash", "model", "progress", "rng") if k not in content]
     if missing:
         raise FileFormatError(f"checkpoint {str(path)!r} is incomplete (no {', '.join(missing)})")
+    problem = _structure_problem(content)
+    if problem:
+        raise FileFormatError(f"checkpoint {str(path)!r} is corrupt: {problem}")
     return content
+
+
+def _structure_problem(content: dict[str, Any]) -> str | None:
+    """What is wrong with the types of a checkpoint's entries, or None."""
+    if not isinstance(content["config_hash"], str):
+        return "'config_hash' is not a string"
+    model = content["model"]
+    if not isinstance(model, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
+    ):
+        return "'model' is not a mapping of names to tensors"
+    for key in ("rng", "optimizer", "scheduler", "scaler"):
+        if key in content and not isinstance(content[key], dict):
+            return f"{key!r} is not a mapping"
+    if "world_size" in content and not (is_integer(content["world_size"]) and content["world_size"] >= 1):
+        return "'world_size' is not a positive integer"
+    if "rank_rng" in content and not (
+        isinstance(content["rank_rng"], list) and all(isinstance(r, dict) for r in content["rank_rng"])
+    ):
+        return "'rank_rng' is not a list of mappings"
+    problem = _progress_problem(content["progress"])
+    if problem:
+        return problem
+    if content.get("masks") is not None:
+        try:
+            MaskSet.from_state_dict(content["masks"])
+        except MaskMismatchError as exc:
+            return f"masks: {exc}"
+    return None
+
+
+def _progress_problem(progress: Any) -> str | None:
+    if not isinstance(progress, dict):
+        return "'progress' is not a mapping"
+    known = set(Progress.__dataclass_fields__)
+    unknown = sorted(str(k) for k in set(progress) - known)
+    if unknown:
+        return f"'progress' has unknown entry {unknown[0]!r}"
+    for key in ("epoch", "batch_in_epoch", "global_step"):
+        if key in progress and not (is_integer(progress[key]) and progress[key] >= 0):
+            return f"progress {key!r} is not a non-negative integer"
+    checks = {
+        "train_seconds": lambda v: is_real(v) and v >= 0,
+        "best_val_accuracy": lambda v: v is None or is_real(v),
+        "best_epoch": lambda v: v is None or (is_integer(v) and v >= 0),
+        "history": lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v),
+        "partial": lambda v: isinstance(v, dict) and all(is_real(x) for x in v.values()),
+    }
+    for key, ok in checks.items():
+        if key in progress and not ok(progress[key]):
+            return f"progress {key!r} has the wrong type"
+    return None
 
 
 def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:

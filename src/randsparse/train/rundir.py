@@ -19,8 +19,25 @@ from typing import Any
 
 from randsparse import __version__
 from randsparse.errors import ConfigError, FileFormatError
-from randsparse.storage import atomic_write_bytes
+from randsparse.storage import atomic_write_bytes, read_mapping
 from randsparse.train.config import TrainConfig, build_config, dump_config, read_yaml
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")  # plus everything under checkpoints/
+
+
+def owning_run(path: str | Path) -> Path | None:
+    """The run directory whose own file `path` is (its config, metrics, summary or a checkpoint), or None.
+
+    A run directory is one holding a ``config.yaml``; symlinks are followed, so a link to a run's
+    file is that file. Commands refuse to write their outputs there (see `randsparse.storage`).
+    """
+    path = Path(path).resolve()
+    parent = path.parent
+    if path.name in RUN_FILES and (parent / "config.yaml").is_file():
+        return parent
+    if parent.name == "checkpoints" and (parent.parent / "config.yaml").is_file():
+        return parent.parent
+    return None
 
 
 def _json_safe(value: Any) -> Any:
@@ -98,13 +115,7 @@ class RunDir:
         """``summary.json`` (empty when absent); a malformed file is a `FileFormatError`."""
         if not self.summary_file.is_file():
             return {}
-        try:
-            data = json.loads(self.summary_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise FileFormatError(f"cannot read {str(self.summary_file)!r}: {exc}") from None
-        if not isinstance(data, dict):
-            raise FileFormatError(f"{str(self.summary_file)!r} does not hold a JSON object")
-        return data
+        return read_mapping(self.summary_file, "run summary")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` atomically."""
