@@ -64,7 +64,7 @@ def validation_message(error: Any, what: str) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(
-            item["type"], item["msg"]
+            item["type"], item["msg"].removeprefix("Value error, ")
         )
         problems.append(f"{key}: {message}")
     return f"invalid {what}: " + "; ".join(problems)

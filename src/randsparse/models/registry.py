@@ -31,6 +31,11 @@ def available_models() -> list[str]:
     return _BUILDERS.names()
 
 
+def model_builder(name: str) -> ModelBuilder:
+    """The builder registered under `name`; `UnknownNameError` listing the known models otherwise."""
+    return _BUILDERS[name]
+
+
 def model_options(name: str) -> list[str]:
     """Options the builder of model `name` takes besides `num_classes` and `in_channels`, in order.
 
