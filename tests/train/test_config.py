@@ -127,7 +127,8 @@ def test_config_hash_ignores_execution_only_options_but_not_the_experiment() -> 
 
 
 def test_dumped_config_reloads_to_the_same_config(tmp_path) -> None:
-    config = build_config(apply_overrides(BASE, ["sparsity=0.9", "schedule.name=multistep", "schedule.milestones=[1.5, 3]"]))
+    overrides = ["sparsity=0.9", "schedule.name=multistep", "schedule.milestones=[1.5, 3]"]
+    config = build_config(apply_overrides(BASE, overrides))
     path = tmp_path / "config.yaml"
     path.write_text(dump_config(config))
     again = load_config(path)

@@ -114,7 +114,7 @@ def _regex(value: str | None) -> str | None:
 
 
 class _Section(BaseModel):
-    """Base of every config section: unknown keys, strings posing as numbers, bools posing as ints, nan/inf are errors."""
+    """Base of every config section: unknown keys, numbers given as strings or bools, nan and inf are errors."""
 
     model_config = SECTION
 
@@ -193,7 +193,9 @@ class SparsityConfig(_Section):
     sampling: Annotated[str, registered("sampling mode", _sampling_modes)] = Field(
         default="exact", description="exact: exactly the kept count per layer; bernoulli: each weight independently"
     )
-    seed: int | None = Field(default=None, ge=0, le=INT64_MAX, description="mask seed (an int64); default: the run's seed")
+    seed: int | None = Field(
+        default=None, ge=0, le=INT64_MAX, description="mask seed (an int64); default: the run's seed"
+    )
     include: Annotated[str | None, AfterValidator(_regex)] = Field(
         default=None, description="only prune weights whose name matches this regex"
     )
