@@ -223,7 +223,13 @@ class SparsityConfig(_Section):
                 raise ValueError(f"prune={self.prune} uses the {rule} ratios; drop distribution={self.distribution}")
             if self.distribution != rule:
                 self.distribution = rule
-        # `densities` of the custom rule come from `custom_file` when the options leave them out.
+        if self.custom_file is not None:
+            from randsparse.sparsity.distributions import distribution_options
+
+            if "densities" not in distribution_options(self.distribution):
+                raise ValueError(f"custom_file applies to distribution custom, not {self.distribution!r}")
+            if "densities" in self.options:
+                raise ValueError("give the custom densities either in sparsity.options.densities or custom_file")
         _call_options(
             f"distribution {self.distribution!r}",
             get_distribution(self.distribution),
