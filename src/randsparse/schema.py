@@ -33,6 +33,12 @@ MAX_DEPTH = 10_000
 MAX_TIMEOUT_S = 365 * 24 * 3600.0
 # Longest run in epochs (a bound so that steps = epochs x steps per epoch stays an int64).
 MAX_EPOCHS = 10**6
+# Largest classifier (outputs), input (channels) and image side a model may be built for.
+MAX_CLASSES = 2**20
+MAX_CHANNELS = 2**16
+MAX_IMAGE_SIZE = 2**14
+# Most timed or untimed repetitions a benchmark may ask for.
+MAX_REPEATS = 10**6
 # Largest number of processes or threads one run may ask for.
 MAX_PROCESSES = 4096
 
