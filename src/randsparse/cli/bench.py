@@ -30,6 +30,7 @@ def _list_of(kind: Callable[[str], Any], what: str) -> Callable[[str], list[Any]
         except (ValueError, argparse.ArgumentTypeError):
             raise argparse.ArgumentTypeError(f"not a comma-separated list of {what}: {text!r}") from None
 
+    parse.__name__ = getattr(kind, "__name__", "value")  # the item type, as argparse calls it
     return parse
 
 

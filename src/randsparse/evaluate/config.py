@@ -54,7 +54,12 @@ def _epsilon(value: Any) -> float:
 
 
 def _unique(values: list[Any]) -> list[Any]:
-    """`values` without repeats, first occurrence kept (so result keys are not computed twice)."""
+    """`values` without repeats, first occurrence kept (so result keys are not computed twice).
+
+    Items that are not names (a mapping, a list) are left for the field's validation to refuse.
+    """
+    if not all(isinstance(v, str) for v in values):
+        return values
     return list(dict.fromkeys(values))
 
 
