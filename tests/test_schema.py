@@ -200,6 +200,8 @@ def _kinds(annotation: Any) -> set[type]:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         return set().union(*(_kinds(arg) for arg in typing.get_args(annotation) if arg is not type(None)))
+    if origin is typing.Literal:
+        return {type(typing.get_args(annotation)[0])}
     if origin is typing.Annotated:
         return _kinds(typing.get_args(annotation)[0])
     return {origin or annotation}
