@@ -64,8 +64,10 @@ def validation_message(error: Any, what: str) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(
-            item["type"], item["msg"]
+            item["type"], item["msg"].removeprefix("Value error, ")
         )
+        if item["type"].endswith(("_type", "_parsing")) or item["type"] in ("finite_number", "bool_type"):
+            message += f", got {str(repr(item.get('input')))[:60]}"
         problems.append(f"{key}: {message}")
     return f"invalid {what}: " + "; ".join(problems)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from randsparse.errors import ConfigError, UnknownNameError
+from randsparse.errors import ConfigError
 from randsparse.experiments import expand, load_study
 from tests.experiments._studies import TINY_BASE, write_study
 
@@ -100,5 +100,5 @@ def test_quickstart_is_three_widths_two_sparsities_two_rules_and_dense_baselines
 )
 def test_unknown_model_or_distribution_in_a_grid_fails_at_expansion(tmp_path, grid, message) -> None:
     study, base = load_study(write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5], **grid}))
-    with pytest.raises(UnknownNameError, match=message):
+    with pytest.raises(ConfigError, match=message):
         expand(study, base)

@@ -39,7 +39,14 @@ def test_sparsity_shorthand_is_the_sparsity_of_the_section() -> None:
 
 def test_overrides_set_nested_keys_as_yaml_values() -> None:
     data = apply_overrides(
-        BASE, ["optim.lr=0.05", "schedule.milestones=[2, 4]", "optim.nesterov=true", "sparsity.distribution=er"]
+        BASE,
+        [
+            "optim.lr=0.05",
+            "schedule.name=multistep",
+            "schedule.milestones=[2, 4]",
+            "optim.nesterov=true",
+            "sparsity.distribution=er",
+        ],
     )
     config = build_config(data)
     assert config.optim.lr == 0.05
@@ -120,7 +127,8 @@ def test_config_hash_ignores_execution_only_options_but_not_the_experiment() -> 
 
 
 def test_dumped_config_reloads_to_the_same_config(tmp_path) -> None:
-    config = build_config(apply_overrides(BASE, ["sparsity=0.9", "schedule.milestones=[1.5, 3]"]))
+    overrides = ["sparsity=0.9", "schedule.name=multistep", "schedule.milestones=[1.5, 3]"]
+    config = build_config(apply_overrides(BASE, overrides))
     path = tmp_path / "config.yaml"
     path.write_text(dump_config(config))
     again = load_config(path)

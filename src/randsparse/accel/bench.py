@@ -23,7 +23,7 @@ from torch import nn
 
 from randsparse.accel.dispatch import calibrate, dispatch_report
 from randsparse.accel.export import check_model_spec, export_bytes, load
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_integer, is_real
 from randsparse.evaluate.complexity import count_flops
 from randsparse.models import ModelSpec, model_options
 from randsparse.sparsity import plan_sparsity
@@ -157,8 +157,8 @@ def bench_model(
     """
     sparsities = list(sparsities)
     batches = list(batches)
-    _check_list("sparsity", sparsities, lambda s: isinstance(s, (int, float)) and 0 <= s < 1, "in [0, 1)")
-    _check_list("batch", batches, lambda b: isinstance(b, int) and b >= 1, "positive integers")
+    _check_list("sparsity", sparsities, lambda s: is_real(s) and 0 <= s < 1, "in [0, 1)")
+    _check_list("batch", batches, lambda b: is_integer(b) and b >= 1, "positive integers")
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     if threads is not None and threads < 1:

@@ -11,9 +11,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from randsparse.cli.common import fraction
+from randsparse.cli.common import CHANNELS, CLASSES, DEPTH, WIDTH, fraction, seed
 from randsparse.errors import ConfigError
 from randsparse.models import available_models
+from randsparse.schema import MAX_BATCH, MAX_IMAGE_SIZE, MAX_PROCESSES, MAX_REPEATS, flag_number
 from randsparse.sparsity import available_distributions
 
 if TYPE_CHECKING:
@@ -26,10 +27,14 @@ def _list_of(kind: Callable[[str], Any], what: str) -> Callable[[str], list[Any]
     def parse(text: str) -> list[Any]:
         try:
             return [kind(item) for item in text.split(",") if item.strip()]
-        except ValueError:
+        except (ValueError, argparse.ArgumentTypeError):
             raise argparse.ArgumentTypeError(f"not a comma-separated list of {what}: {text!r}") from None
 
+    parse.__name__ = getattr(kind, "__name__", "value")  # the item type, as argparse calls it
     return parse
+
+
+_SIDE = flag_number(int, ge=1, le=MAX_IMAGE_SIZE)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -44,21 +49,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     model = parser.add_argument_group("model")
     model.add_argument("--model", required=True, help=f"model name; one of: {', '.join(available_models())}")
-    model.add_argument("--width", type=float, help="width multiplier (models that have one)")
-    model.add_argument("--depth", type=int, help="depth (models with a depth knob)")
-    model.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
-    model.add_argument("--in-channels", type=int, help="input channels (default 1 for models with image_size, else 3)")
-    model.add_argument("--image-size", type=int, help="input side for models that take image_size (default 28)")
+    model.add_argument("--width", type=WIDTH, help="width multiplier (models that have one)")
+    model.add_argument("--depth", type=DEPTH, help="depth (models with a depth knob)")
+    model.add_argument("--num-classes", type=CLASSES, default=10, help="classifier outputs (default 10)")
+    model.add_argument(
+        "--in-channels", type=CHANNELS, help="input channels (default 1 for models with image_size, else 3)"
+    )
+    model.add_argument("--image-size", type=_SIDE, help="input side for models that take image_size (default 28)")
     model.add_argument(
         "--input-shape",
-        type=_list_of(int, "integers"),
+        type=_list_of(_SIDE, f"integers in [1, {MAX_IMAGE_SIZE}]"),
         metavar="C,H,W",
         help="one sample's shape (default: 32×32, 28×28 for image_size models, 224×224 for torchvision models)",
     )
     sparsity = parser.add_argument_group("sparsity")
     sparsity.add_argument(
         "--sparsity",
-        type=_list_of(fraction, "numbers"),
+        type=_list_of(fraction, "finite numbers"),
         required=True,
         metavar="S[,S...]",
         help="fractions of prunable weights zeroed, e.g. 0.5,0.8,0.9,0.95,0.98",
@@ -66,13 +73,31 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     sparsity.add_argument(
         "--distribution", default="erk", help=f"layer-wise rule; one of: {', '.join(available_distributions())}"
     )
-    sparsity.add_argument("--seed", type=int, default=0, help="seed of the weights, masks and inputs (default 0)")
+    sparsity.add_argument("--seed", type=seed, default=0, help="seed of the weights, masks and inputs (default 0)")
     timing = parser.add_argument_group("timing")
-    timing.add_argument("--batch", type=_list_of(int, "integers"), default=[1, 64], metavar="B[,B...]")
-    timing.add_argument("--repeats", type=int, default=20, help="timed runs per model (median reported; default 20)")
-    timing.add_argument("--warmup", type=int, default=3, help="untimed runs per model first (default 3)")
     timing.add_argument(
-        "--threads", type=int, default=torch.get_num_threads(), help="threads to pin (default: torch's count)"
+        "--batch",
+        type=_list_of(flag_number(int, ge=1, le=MAX_BATCH), f"integers in [1, {MAX_BATCH}]"),
+        default=[1, 64],
+        metavar="B[,B...]",
+    )
+    timing.add_argument(
+        "--repeats",
+        type=flag_number(int, ge=1, le=MAX_REPEATS),
+        default=20,
+        help="timed runs per model (median reported; default 20)",
+    )
+    timing.add_argument(
+        "--warmup",
+        type=flag_number(int, ge=0, le=MAX_REPEATS),
+        default=3,
+        help="untimed runs per model first (default 3)",
+    )
+    timing.add_argument(
+        "--threads",
+        type=flag_number(int, ge=1, le=MAX_PROCESSES),
+        default=torch.get_num_threads(),
+        help="threads to pin (default: torch's count)",
     )
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     parser.set_defaults(handler=_run_bench)

@@ -9,15 +9,19 @@ import torch
 
 from randsparse.errors import ConfigError
 from randsparse.models import ModelSpec, available_models
+from randsparse.schema import MAX_CHANNELS, MAX_CLASSES, MAX_DEPTH, MAX_WIDTH, flag_number
 from randsparse.storage import check_output_path
 
+# argparse type: a finite float (its range is checked where it is used), one-line message otherwise.
+fraction = flag_number(float)
+# argparse type: a seed, an int64 >= 0.
+seed = flag_number(int, ge=0)
 
-def fraction(text: str) -> float:
-    """argparse type: a float, with a one-line message when it is not one."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+WIDTH = flag_number(float, gt=0, le=MAX_WIDTH)
+DEPTH = flag_number(int, ge=1, le=MAX_DEPTH)
+CLASSES = flag_number(int, ge=1, le=MAX_CLASSES)
+CHANNELS = flag_number(int, ge=1, le=MAX_CHANNELS)
 
 
 def output_file(path: str | Path, kind: str, flag: str) -> Path:
@@ -41,10 +45,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     """--model, --width, --depth, --num-classes, --in-channels."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", required=True, help=f"model name; one of: {', '.join(available_models())}")
-    group.add_argument("--width", type=float, help="width multiplier (models that have one)")
-    group.add_argument("--depth", type=int, help="depth (models with a depth knob, e.g. cifar_resnet)")
-    group.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
-    group.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
+    group.add_argument("--width", type=WIDTH, help=f"width multiplier (models that have one), at most {MAX_WIDTH:g}")
+    group.add_argument("--depth", type=DEPTH, help="depth (models with a depth knob, e.g. cifar_resnet)")
+    group.add_argument("--num-classes", type=CLASSES, default=10, help="classifier outputs (default 10)")
+    group.add_argument("--in-channels", type=CHANNELS, default=3, help="input channels (default 3)")
 
 
 def build_model_from_args(args: argparse.Namespace, device: str | torch.device = "cpu") -> torch.nn.Module:

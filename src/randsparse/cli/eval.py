@@ -11,6 +11,7 @@ from rich.table import Table
 
 from randsparse.evaluate.config import eval_config
 from randsparse.evaluate.trained import evaluate_trained
+from randsparse.schema import MAX_BATCH, flag_number
 from randsparse.train import config_hash, load_run
 from randsparse.train.setup import resolve_device
 
@@ -30,15 +31,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     calibration = parser.add_mutually_exclusive_group()
     calibration.add_argument("--calibration", dest="calibration", action="store_true", default=None)
     calibration.add_argument("--no-calibration", dest="calibration", action="store_false", help="skip ECE/NLL/...")
-    parser.add_argument("--bins", type=int, help="ECE/MCE bins (default 15)")
+    parser.add_argument("--bins", type=flag_number(int, ge=1, le=1000), help="ECE/MCE bins (default 15)")
     parser.add_argument("--ood", metavar="SETS", help="OOD sets, comma-separated (e.g. mnist,gaussian)")
     parser.add_argument("--ood-scores", metavar="SCORES", help="msp,max_logit,energy (default all)")
     parser.add_argument("--fgsm", metavar="EPS", help="FGSM eps list in [0, 1] pixel units (e.g. 0.01,8/255)")
     parser.add_argument("--pgd", metavar="EPS", help="PGD eps list in [0, 1] pixel units")
-    parser.add_argument("--pgd-steps", type=int, help="PGD iterations (default 10)")
-    parser.add_argument("--pgd-step-size", type=float, help="PGD step in pixel units (default 2.5 eps / steps)")
-    parser.add_argument("--attack-images", type=int, help="attack this many test images (default 1000)")
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+    parser.add_argument("--pgd-steps", type=flag_number(int, ge=1, le=10_000), help="PGD iterations (default 10)")
+    parser.add_argument(
+        "--pgd-step-size", type=flag_number(float, gt=0, le=1), help="PGD step in pixel units (default 2.5 eps / steps)"
+    )
+    parser.add_argument(
+        "--attack-images", type=flag_number(int, ge=1), help="attack this many test images (default 1000)"
+    )
+    parser.add_argument(
+        "--batch-size", type=flag_number(int, ge=1, le=MAX_BATCH), help=f"evaluation batch size (at most {MAX_BATCH})"
+    )
     parser.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
     parser.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")

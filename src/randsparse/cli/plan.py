@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from randsparse import data as datasets
-from randsparse.cli.common import add_model_args, build_model_from_args, fraction, output_file
+from randsparse.cli.common import add_model_args, build_model_from_args, fraction, output_file, seed
 from randsparse.errors import ConfigError
+from randsparse.schema import MAX_BATCH, MAX_IMAGE_SIZE, MAX_REPEATS, flag_number
 from randsparse.sparsity import (
     PrunableSelector,
     SparsityPlan,
@@ -46,10 +47,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--distribution",
         help=f"layer-wise rule (default erk); one of: {', '.join(available_distributions())}",
     )
-    rule.add_argument("--seed", type=int, default=0, help="mask seed (default 0)")
+    rule.add_argument("--seed", type=seed, default=0, help="mask seed (default 0)")
     rule.add_argument("--sampling", choices=SAMPLING_MODES, default="exact", help="exact count or Bernoulli")
-    rule.add_argument("--erk-power-scale", type=float, help="erk/erk_plus: exponent of the ERK ratio")
-    rule.add_argument("--classifier-density", type=float, help="erk_plus: density of the classifier (default 1)")
+    rule.add_argument("--erk-power-scale", type=fraction, help="erk/erk_plus: exponent of the ERK ratio")
+    rule.add_argument("--classifier-density", type=fraction, help="erk_plus: density of the classifier (default 1)")
     rule.add_argument("--custom", metavar="FILE", help="custom: YAML/JSON with 'density:' or 'sparsity:' per layer")
     rule.add_argument(
         "--allow-empty-layers",
@@ -78,9 +79,24 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--data", metavar="NAME", help="dataset to score on (snip, grasp); also sets --num-classes and --in-channels"
     )
     scores.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
-    scores.add_argument("--score-batches", type=int, metavar="N", help="snip: batches whose gradients are averaged")
-    scores.add_argument("--batch-size", type=int, metavar="N", help="snip, grasp: examples per batch (default 128)")
-    scores.add_argument("--input-size", type=int, metavar="N", help="synflow without --data: input height = width")
+    scores.add_argument(
+        "--score-batches",
+        type=flag_number(int, ge=1, le=MAX_REPEATS),
+        metavar="N",
+        help="snip: batches whose gradients are averaged",
+    )
+    scores.add_argument(
+        "--batch-size",
+        type=flag_number(int, ge=1, le=MAX_BATCH),
+        metavar="N",
+        help=f"snip, grasp: examples per batch (default 128, at most {MAX_BATCH})",
+    )
+    scores.add_argument(
+        "--input-size",
+        type=flag_number(int, ge=1, le=MAX_IMAGE_SIZE),
+        metavar="N",
+        help="synflow without --data: input height = width",
+    )
     io = parser.add_argument_group("mask files")
     io.add_argument("--masks", metavar="FILE", help="describe a saved mask file instead of drawing masks")
     io.add_argument(

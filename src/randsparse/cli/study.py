@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from randsparse.errors import ConfigError
 from randsparse.experiments import EXECUTORS, StudyStatus, load_study, run_study
+from randsparse.schema import MAX_PROCESSES, flag_number
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -29,10 +30,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the base run config")
     parser.add_argument("--out", metavar="STUDY_DIR", help="study directory (default: results/<study file name>)")
     parser.add_argument("--executor", choices=EXECUTORS, default="local", help="where runs execute (default local)")
-    parser.add_argument("--workers", type=int, default=1, help="runs at a time (local: worker processes)")
+    parser.add_argument(
+        "--workers",
+        type=flag_number(int, ge=1, le=MAX_PROCESSES),
+        default=1,
+        help="runs at a time (local: worker processes)",
+    )
     parser.add_argument("--address", help="ray: address of an existing cluster (default: start a local one)")
-    parser.add_argument("--cpus-per-run", type=float, help="ray: CPUs each run reserves (default 1)")
-    parser.add_argument("--gpus-per-run", type=float, help="ray: GPUs each run reserves (default 0)")
+    parser.add_argument(
+        "--cpus-per-run",
+        type=flag_number(float, gt=0, le=MAX_PROCESSES),
+        help="ray: CPUs each run reserves (default 1)",
+    )
+    parser.add_argument(
+        "--gpus-per-run",
+        type=flag_number(float, ge=0, le=MAX_PROCESSES),
+        help="ray: GPUs each run reserves (default 0)",
+    )
     parser.add_argument("--retry-failed", action="store_true", help="run failed and diverged runs again")
     parser.add_argument("--data-dir", metavar="DIR", help="where the dataset files are (sets data.root)")
     parser.add_argument("--download", action="store_true", help="let torchvision download missing datasets")

@@ -19,6 +19,7 @@ from rich.logging import RichHandler
 
 from randsparse.cli import EXIT_INTERRUPTED
 from randsparse.errors import ConfigError
+from randsparse.schema import MAX_PROCESSES, flag_number
 from randsparse.train import Interrupted, RunDir, TrainConfig, apply_overrides, build_config, fit
 from randsparse.train.config import read_yaml
 from randsparse.train.distributed import launch_from_env, with_world_size
@@ -46,7 +47,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=("text", "json"), default="text", help="how to print the summary")
     parser.add_argument(
         "--nproc",
-        type=int,
+        type=flag_number(int, ge=1, le=MAX_PROCESSES),
         metavar="N",
         help="train with N processes on this machine (starts torchrun --standalone --nproc-per-node N);"
         " data.batch_size is per process",

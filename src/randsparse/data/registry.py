@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_integer
 from randsparse.registry import Registry
 
 Origin = Literal["files", "bundled", "generated"]
@@ -72,7 +72,7 @@ class Augmentation:
     hflip: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
+        if not is_integer(self.crop_padding) or self.crop_padding < 0:
             raise ConfigError(f"crop_padding must be a non-negative integer, got {self.crop_padding!r}")
         if self.padding_mode not in ("zeros", "reflect"):
             raise ConfigError(f"padding_mode must be 'zeros' or 'reflect', got {self.padding_mode!r}")

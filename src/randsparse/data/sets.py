@@ -35,7 +35,7 @@ from randsparse.data.registry import (
     register_dataset,
 )
 from randsparse.data.transforms import resize_square
-from randsparse.errors import ConfigError, FileFormatError, is_integer
+from randsparse.errors import ConfigError, FileFormatError, is_integer, is_real
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -347,7 +347,7 @@ def synthetic(
     _positive_int("train_size", train_size, 0)
     _positive_int("test_size", test_size, 0)
     _positive_int("seed", seed, 0)
-    if not isinstance(noise, int | float) or not math.isfinite(noise) or noise < 0:
+    if not is_real(noise) or not math.isfinite(noise) or noise < 0:
         raise ConfigError(f"noise must be a finite non-negative number, got {noise!r}")
     sizes = {"train": train_size, "test": test_size}
 

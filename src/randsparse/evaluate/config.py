@@ -8,13 +8,28 @@ each ε may be written as a fraction (``8/255``), so CLI values pass straight th
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from randsparse.errors import ConfigError, is_real, validation_message
+from randsparse.schema import INT64_MAX, MAX_BATCH, SECTION, registered
 
-OodScoreName = Literal["msp", "max_logit", "energy"]
+
+def _ood_scores() -> list[str]:
+    from randsparse.evaluate.ood import available_ood_scores
+
+    return available_ood_scores()
+
+
+def _datasets() -> list[str]:
+    from randsparse.data import available_datasets
+
+    return available_datasets()
+
+
+OodScoreName = Annotated[str, registered("OOD score", _ood_scores)]
+OodSetName = Annotated[str, registered("dataset", _datasets)]
 
 
 def _split(value: Any) -> Any:
@@ -39,19 +54,26 @@ def _epsilon(value: Any) -> float:
 
 
 def _unique(values: list[Any]) -> list[Any]:
-    """`values` without repeats, first occurrence kept (so result keys are not computed twice)."""
+    """`values` without repeats, first occurrence kept (so result keys are not computed twice).
+
+    Items that are not names (a mapping, a list) are left for the field's validation to refuse.
+    """
+    if not all(isinstance(v, str) for v in values):
+        return values
     return list(dict.fromkeys(values))
 
 
 class EvalConfig(BaseModel):
     """Options of one evaluation; accuracy (top-1, and top-5 with more than 5 classes) is always computed."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = SECTION
 
     calibration: bool = Field(default=True, description="ECE, MCE, NLL and Brier score on the test set")
     bins: int = Field(default=15, ge=1, le=1000, description="equal-width confidence bins of ECE/MCE")
     reliability_diagram: bool = Field(default=True, description="write reliability.png when an output dir is given")
-    ood: list[str] = Field(default_factory=list, description="OOD set names, e.g. mnist,gaussian")
+    ood: list[OodSetName] = Field(
+        default_factory=list, description="OOD sets (registered dataset names), e.g. mnist,gaussian"
+    )
     ood_scores: list[OodScoreName] = Field(
         default_factory=lambda: ["msp", "max_logit", "energy"], min_length=1, description="OOD scores to compute"
     )
@@ -64,10 +86,15 @@ class EvalConfig(BaseModel):
     )
     pgd_random_start: bool = Field(default=True, description="start PGD at a uniform point of the ε-ball")
     attack_max_images: int | None = Field(
-        default=1000, ge=1, description="attack a seeded random subset of this many test images (None: all)"
+        default=1000,
+        ge=1,
+        le=INT64_MAX,
+        description="attack a seeded random subset of this many test images (None: all; an int64)",
     )
-    batch_size: int = Field(default=256, ge=1, description="batch size of every evaluation pass")
-    seed: int = Field(default=0, ge=0, description="seeds the attacked subset and PGD's random start")
+    batch_size: int = Field(
+        default=256, ge=1, le=MAX_BATCH, description=f"batch size of every evaluation pass, at most {MAX_BATCH}"
+    )
+    seed: int = Field(default=0, ge=0, le=INT64_MAX, description="seeds the attacked subset and PGD's random start")
 
     @field_validator("ood", "ood_scores", mode="before")
     @classmethod

@@ -19,8 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from randsparse.errors import ConfigError, validation_message
-from randsparse.models import model_options
-from randsparse.sparsity.distributions import get_distribution
+from randsparse.sparsity.distributions import load_custom_densities
 from randsparse.train.config import TrainConfig, apply_overrides, build_config, read_yaml
 from randsparse.train.identity import run_ids
 
@@ -131,10 +130,11 @@ def _is_sparsity_key(key: str) -> bool:
 
 def _add(specs: dict[str, RunSpec], base: dict[str, Any], point: dict[str, Any]) -> None:
     overrides = [_to_override(k, v) for k, v in point.items()]
+    # The config validates every name and option value; a custom-densities file is read here too,
+    # so a value only the run would reject fails the study before any run starts.
     config = build_config(apply_overrides(base, overrides), f"at grid point {point}", what="study run")
-    model_options(config.model.name)  # unknown names fail here, not in every run
-    if not config.is_dense:
-        get_distribution(config.sparsity.distribution)
+    if not config.is_dense and config.sparsity.custom_file is not None:
+        load_custom_densities(config.sparsity.custom_file)
     run_id, *legacy = run_ids(config)
     if run_id not in specs:
         specs[run_id] = RunSpec(run_id, config, point, tuple(legacy))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from randsparse.errors import ConfigError
+from randsparse.errors import ConfigError, is_integer
 from randsparse.models.init import PAPER_CIFAR_RESNET, InitMode, check_init_mode, init_weights_
 from randsparse.models.registry import register_model, scaled_channels
 
@@ -95,7 +95,7 @@ def cifar_resnet(
     init_mode: InitMode = "fan_in",
 ) -> CifarResNet:
     """CIFAR ResNet of any depth 6n+2 (n >= 1) and width multiplier."""
-    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+    if not is_integer(depth) or depth < 8 or (depth - 2) % 6:
         raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth!r}")
     return CifarResNet((depth - 2) // 6, width, num_classes, in_channels, init_mode)
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from randsparse.errors import ConfigError, is_real
+from randsparse.errors import ConfigError, is_integer, is_real
 from randsparse.registry import Registry, check_options
+from randsparse.schema import MAX_WIDTH
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -42,11 +42,6 @@ def register_model(
     return decorate
 
 
-def model_builder(name: str) -> ModelBuilder:
-    """The builder registered as `name` (`UnknownNameError` if none)."""
-    return _BUILDERS[name]
-
-
 def model_metadata(name: str) -> dict[str, Any]:
     """What the registration of model `name` declares: ``family``, and ``depth``/``width`` if fixed."""
     _BUILDERS[name]
@@ -56,6 +51,11 @@ def model_metadata(name: str) -> dict[str, Any]:
 def available_models() -> list[str]:
     """Names of every registered model, sorted."""
     return _BUILDERS.names()
+
+
+def model_builder(name: str) -> ModelBuilder:
+    """The builder registered under `name`; `UnknownNameError` listing the known models otherwise."""
+    return _BUILDERS[name]
 
 
 def model_options(name: str) -> list[str]:
@@ -73,9 +73,9 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, **options: Any
     the options it does take.
     """
     accepted = model_options(name)
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if not is_integer(num_classes) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if not isinstance(in_channels, int) or in_channels < 1:
+    if not is_integer(in_channels) or in_channels < 1:
         raise ConfigError(f"in_channels must be a positive integer, got {in_channels!r}")
     check_options(f"model {name!r}", options, accepted)
     return _BUILDERS[name](num_classes=num_classes, in_channels=in_channels, **options)
@@ -84,8 +84,9 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, **options: Any
 def scaled_channels(base: int, width: float) -> int:
     """`base` channels (or units) times the width multiplier, rounded, at least 1.
 
-    Raises `ConfigError` when `width` is not a positive number, so every builder refuses it alike.
+    Raises `ConfigError` when `width` is not a positive number up to `randsparse.schema.MAX_WIDTH`
+    (beyond it no layer fits in memory), so every builder refuses it alike.
     """
-    if not is_real(width) or not (0 < width < math.inf):
-        raise ConfigError(f"width must be a positive number (e.g. 1.0, 0.5, 2), got {width!r}")
+    if not is_real(width) or not (0 < width <= MAX_WIDTH):
+        raise ConfigError(f"width must be a positive number up to {MAX_WIDTH:g} (e.g. 1.0, 0.5, 2), got {width!r}")
     return max(1, round(base * width))

@@ -198,7 +198,7 @@ def _pick_layer(names: list[str], name: str | None, default_index: int, option: 
 
 
 def _check_fraction(value: float, option: str) -> None:
-    if not (0.0 <= value <= 1.0):
+    if not is_real(value) or not (0.0 <= value <= 1.0):
         raise ConfigError(f"{option} must lie in [0, 1], got {value!r}")
 
 

@@ -10,65 +10,201 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
 from randsparse.errors import ConfigError, is_real, validation_message
 from randsparse.evaluate.config import EvalConfig
+from randsparse.schema import (
+    INT64_MAX,
+    MAX_BATCH,
+    MAX_DEPTH,
+    MAX_EPOCHS,
+    MAX_PROCESSES,
+    MAX_TIMEOUT_S,
+    MAX_WIDTH,
+    SECTION,
+    check_call_options,
+    registered,
+)
 from randsparse.storage import read_mapping
 
 
-class _Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+def _models() -> list[str]:
+    from randsparse.models import available_models
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    return available_models()
+
+
+def _datasets() -> list[str]:
+    from randsparse.data import available_datasets
+
+    return available_datasets()
+
+
+def _distributions() -> list[str]:
+    from randsparse.sparsity import available_distributions
+
+    return available_distributions()
+
+
+def _scorers() -> list[str]:
+    from randsparse.sparsity import available_scorers
+
+    return available_scorers()
+
+
+def _sampling_modes() -> tuple[str, ...]:
+    from randsparse.sparsity.masks import SAMPLING_MODES
+
+    return SAMPLING_MODES
+
+
+def _optimizers() -> list[str]:
+    from randsparse.train.optim import available_optimizers
+
+    return available_optimizers()
+
+
+def _schedules() -> list[str]:
+    from randsparse.train.optim import available_schedules
+
+    return available_schedules()
+
+
+def _backends() -> tuple[str, ...]:
+    from randsparse.train.distributed import BACKENDS
+
+    return BACKENDS
+
+
+def _call_options(what: str, fn: Any, options: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """`check_call_options` with its `ConfigError` as the `ValueError` pydantic reports under the key."""
+    try:
+        check_call_options(what, fn, options, skip)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _refuse_unused(section: BaseModel, what: str, used: tuple[str, ...]) -> None:
+    """Refuse a field of `section` that `what` does not read, unless it is left at its default.
+
+    A default value is accepted so that a dumped config (which writes every field) reloads.
+    """
+    for name, field in type(section).model_fields.items():
+        if name in used or name not in section.model_fields_set:
+            continue
+        if getattr(section, name) != field.get_default(call_default_factory=True):
+            taken = ", ".join(n for n in used if n != "name") or "no options"
+            raise ValueError(f"{name}={getattr(section, name)!r} does not apply to {what} (it takes: {taken})")
+
+
+def _regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {value!r} ({exc})") from None
+    return value
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys, numbers given as strings or bools, nan and inf are errors."""
+
+    model_config = SECTION
 
 
 class ModelConfig(_Section):
     """Which architecture to build, and its knobs."""
 
-    name: str = Field(description="registered model name, e.g. small_cnn, resnet20, vgg16, wrn")
-    width: float | None = Field(default=None, gt=0, description="width multiplier (models that have one)")
-    depth: int | None = Field(default=None, ge=1, description="depth (models with a depth knob)")
+    name: Annotated[str, registered("model", _models)] = Field(
+        description="registered model name, e.g. small_cnn, resnet20, vgg16, wrn"
+    )
+    width: float | None = Field(
+        default=None, gt=0, le=MAX_WIDTH, description=f"width multiplier (models that have one), at most {MAX_WIDTH:g}"
+    )
+    depth: int | None = Field(
+        default=None, ge=1, le=MAX_DEPTH, description=f"depth (models with a depth knob), at most {MAX_DEPTH}"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="other builder options, e.g. init_mode")
+
+    @model_validator(mode="after")
+    def _options_fit_the_builder(self) -> ModelConfig:
+        from randsparse.models import model_builder
+
+        knobs = {k: v for k, v in (("width", self.width), ("depth", self.depth)) if v is not None}
+        _call_options(f"model {self.name!r}", model_builder(self.name), {**self.options, **knobs}, _MODEL_ARGUMENTS)
+        return self
+
+
+# Arguments `randsparse.models.build` passes every builder itself.
+_MODEL_ARGUMENTS = ("num_classes", "in_channels")
 
 
 class DataConfig(_Section):
     """Which dataset, where it is, and how it is batched."""
 
-    name: str = Field(description="registered dataset name, e.g. fashion_mnist, cifar10, synthetic")
+    name: Annotated[str, registered("dataset", _datasets)] = Field(
+        description="registered dataset name, e.g. fashion_mnist, cifar10, synthetic"
+    )
     root: str | None = Field(default=None, description="directory holding the files (else the standard lookup)")
     download: bool = Field(default=False, description="let torchvision download the files when missing")
-    batch_size: int = Field(default=128, ge=1)
-    eval_batch_size: int = Field(default=512, ge=1)
-    workers: int = Field(default=0, ge=0, description="data-loading worker processes")
+    batch_size: int = Field(default=128, ge=1, le=MAX_BATCH, description=f"examples per step, at most {MAX_BATCH}")
+    eval_batch_size: int = Field(
+        default=512, ge=1, le=MAX_BATCH, description=f"examples per evaluation batch, at most {MAX_BATCH}"
+    )
+    workers: int = Field(
+        default=0, ge=0, le=MAX_PROCESSES, description=f"data-loading worker processes, at most {MAX_PROCESSES}"
+    )
     val_fraction: float = Field(default=0.1, ge=0, lt=1, description="part of the training set held out")
-    split_seed: int = Field(default=0, ge=0, description="seed of the train/val split (same for every run)")
+    split_seed: int = Field(
+        default=0, ge=0, le=INT64_MAX, description="seed of the train/val split (same for every run), an int64"
+    )
     augment: bool = Field(default=True, description="the dataset's standard training augmentation")
-    subset: int | None = Field(default=None, ge=1, description="keep only this many training examples")
+    subset: int | None = Field(
+        default=None, ge=1, le=INT64_MAX, description="keep only this many training examples (an int64)"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="dataset options (e.g. synthetic shape)")
+
+    @model_validator(mode="after")
+    def _options_fit_the_dataset(self) -> DataConfig:
+        from randsparse.data.registry import get_entry
+
+        _call_options(f"dataset {self.name!r}", get_entry(self.name).factory, self.options, ("directory", "like"))
+        return self
 
 
 class SparsityConfig(_Section):
     """How much to prune at initialisation, and with which layer-wise rule."""
 
     sparsity: float = Field(default=0.0, ge=0, lt=1, description="fraction of prunable weights zeroed; 0 = dense")
-    distribution: str = Field(default="erk", description="layer-wise rule (uniform, uniform_plus, er, erk, ...)")
+    distribution: Annotated[str, registered("distribution", _distributions)] = Field(
+        default="erk", description="layer-wise rule (uniform, uniform_plus, er, erk, ...)"
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="rule options, e.g. erk_power_scale, classifier_density"
     )
     custom_file: str | None = Field(default=None, description="distribution custom: YAML/JSON of per-layer values")
-    sampling: Literal["exact", "bernoulli"] = "exact"
-    seed: int | None = Field(default=None, ge=0, description="mask seed; default: the run's seed")
-    include: str | None = Field(default=None, description="only prune weights whose name matches this regex")
-    exclude: str | None = Field(default=None, description="never prune weights whose name matches this regex")
-    prune: Literal["snip", "grasp", "synflow", "magnitude"] | None = Field(
+    sampling: Annotated[str, registered("sampling mode", _sampling_modes)] = Field(
+        default="exact", description="exact: exactly the kept count per layer; bernoulli: each weight independently"
+    )
+    seed: int | None = Field(
+        default=None, ge=0, le=INT64_MAX, description="mask seed (an int64); default: the run's seed"
+    )
+    include: Annotated[str | None, AfterValidator(_regex)] = Field(
+        default=None, description="only prune weights whose name matches this regex"
+    )
+    exclude: Annotated[str | None, AfterValidator(_regex)] = Field(
+        default=None, description="never prune weights whose name matches this regex"
+    )
+    prune: Annotated[str, registered("scorer", _scorers)] | None = Field(
         default=None,
-        description="mask mode: keep the weights this method scores highest (the pruning-at-init baseline)"
-        " instead of a random mask at its ratios",
+        description="mask mode: keep the weights this method (a registered scorer) scores highest (the"
+        " pruning-at-init baseline) instead of a random mask at its ratios",
     )
     score_options: dict[str, Any] = Field(
         default_factory=dict, description="options of the saliency score (e.g. num_batches, temperature, rounds)"
@@ -77,44 +213,87 @@ class SparsityConfig(_Section):
     @model_validator(mode="after")
     def _prune_sets_the_ratio_rule(self) -> SparsityConfig:
         """``prune: snip`` draws nothing at random: it is the ``snip_ratio`` rule in mask mode."""
+        from randsparse.sparsity.distributions import get_distribution
+        from randsparse.sparsity.saliency import ratio_method, scorer_options
+
         if self.prune is not None:
             rule = f"{self.prune}_ratio"
             if self.distribution not in ("erk", rule):  # "erk" is the default, not a choice
                 raise ValueError(f"prune={self.prune} uses the {rule} ratios; drop distribution={self.distribution}")
             if self.distribution != rule:
                 self.distribution = rule
+        if self.custom_file is not None:
+            from randsparse.sparsity.distributions import distribution_options
+
+            if "densities" not in distribution_options(self.distribution):
+                raise ValueError(f"custom_file applies to distribution custom, not {self.distribution!r}")
+            if "densities" in self.options:
+                raise ValueError("give the custom densities either in sparsity.options.densities or custom_file")
+        _call_options(
+            f"distribution {self.distribution!r}",
+            get_distribution(self.distribution),
+            self.options,
+            ("shapes", "density", "scores"),
+        )
+        scorer = ratio_method(self.distribution)
+        if scorer is not None:
+            unknown = sorted(set(self.score_options) - set(scorer_options(scorer)))
+            if unknown:
+                taken = ", ".join(scorer_options(scorer)) or "no options"
+                raise ValueError(f"scorer {scorer!r} does not take option(s) {', '.join(unknown)} (it takes: {taken})")
         return self
 
 
 class OptimConfig(_Section):
-    """Optimizer and loss."""
+    """Optimizer and loss; an option the chosen optimizer does not read must stay at its default."""
 
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(default=0.1, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    nesterov: bool = False
+    name: Annotated[str, registered("optimizer", _optimizers)] = Field(
+        default="sgd", description="registered optimizer: sgd, adam, adamw (or one added with register_optimizer)"
+    )
+    lr: float = Field(default=0.1, gt=0, description="learning rate (finite)")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="sgd only")
+    nesterov: bool = Field(default=False, description="sgd only")
     weight_decay: float = Field(default=5e-4, ge=0)
     no_decay_norm_and_bias: bool = Field(
         default=False, description="exempt normalisation weights and biases from weight decay"
     )
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default=(0.9, 0.999), strict=False, description="adam, adamw only: two numbers in [0, 1)"
+    )
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     grad_clip: float | None = Field(default=None, gt=0, description="clip the gradient norm to this value")
 
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _two_numbers(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and not all(is_real(v) for v in value):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {value!r}")
+        return value
+
     @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> OptimConfig:
+    def _options_fit_the_optimizer(self) -> OptimConfig:
+        from randsparse.train.optim import optimizer_options
+
+        _refuse_unused(self, f"optimizer {self.name!r}", optimizer_options(self.name))
         if self.name == "sgd" and self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
         return self
 
 
 class ScheduleConfig(_Section):
-    """Learning-rate schedule, stepped every batch; epochs may be fractional in milestones."""
+    """Learning-rate schedule, stepped every batch; epochs may be fractional in milestones.
 
-    name: Literal["constant", "multistep", "cosine", "onecycle"] = "cosine"
+    An option the chosen schedule does not read must stay at its default.
+    """
+
+    name: Annotated[str, registered("schedule", _schedules)] = Field(
+        default="cosine", description="registered schedule: constant, multistep, cosine, onecycle"
+    )
     milestones: list[float] = Field(default_factory=list, description="multistep: epochs at which lr *= gamma")
-    gamma: float = Field(default=0.1, gt=0, le=1)
-    warmup_epochs: float = Field(default=0.0, ge=0, description="linear warm-up from ~0 to lr")
+    gamma: float = Field(default=0.1, gt=0, le=1, description="multistep: the lr factor at each milestone")
+    warmup_epochs: float = Field(
+        default=0.0, ge=0, description="linear warm-up from ~0 to lr (constant, multistep, cosine)"
+    )
     min_lr: float = Field(default=0.0, ge=0, description="cosine: final learning rate")
     pct_start: float = Field(default=0.3, gt=0, lt=1, description="onecycle: fraction of steps spent rising")
 
@@ -124,6 +303,13 @@ class ScheduleConfig(_Section):
         if any(not math.isfinite(m) or m <= 0 for m in value) or any(b <= a for a, b in itertools.pairwise(value)):
             raise ValueError("milestones must be finite, positive and strictly increasing")
         return value
+
+    @model_validator(mode="after")
+    def _options_fit_the_schedule(self) -> ScheduleConfig:
+        from randsparse.train.optim import schedule_options
+
+        _refuse_unused(self, f"schedule {self.name!r}", schedule_options(self.name))
+        return self
 
 
 class DistributedConfig(_Section):
@@ -136,13 +322,19 @@ class DistributedConfig(_Section):
     world_size: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_PROCESSES,
         description="processes the run trains on; empty: as many as the launcher (torchrun) starts, written"
-        " into the run's config.yaml",
+        f" into the run's config.yaml; at most {MAX_PROCESSES}",
     )
     timeout_s: float = Field(
-        default=1800.0, gt=0, description="seconds a collective waits for the other processes before failing"
+        default=1800.0,
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        description=f"seconds a collective waits for the other processes before failing (at most {MAX_TIMEOUT_S:g})",
     )
-    backend: Literal["auto", "gloo", "nccl"] = Field(default="auto", description="auto: nccl on CUDA, else gloo")
+    backend: Annotated[str, registered("distributed backend", _backends)] = Field(
+        default="auto", description="auto: nccl on CUDA, else gloo"
+    )
     sync_batchnorm: bool = Field(
         default=False, description="normalise over the global batch (SyncBatchNorm, CUDA only), not each process's"
     )
@@ -156,12 +348,16 @@ class TrainConfig(_Section):
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    epochs: int = Field(default=10, ge=1)
-    seed: int = Field(default=0, ge=0, description="seeds model init, data order and augmentation")
+    epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS, description=f"training epochs, at most {MAX_EPOCHS}")
+    seed: int = Field(
+        default=0, ge=0, le=INT64_MAX, description="seeds model init, data order and augmentation (an int64)"
+    )
     device: str = Field(default="auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     amp: bool = Field(default=False, description="mixed precision (bfloat16/float16 autocast) on CUDA")
     deterministic: bool = Field(default=False, description="deterministic algorithms: bit-exact reruns")
-    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="also checkpoint every N steps")
+    checkpoint_every_steps: int | None = Field(
+        default=None, ge=1, le=INT64_MAX, description="also checkpoint every N steps (an int64)"
+    )
     tensorboard: bool = Field(default=False, description="also log to TensorBoard (needs the tensorboard package)")
     eval: EvalConfig = Field(
         default_factory=EvalConfig, description="evaluation of the best model at the end of training"

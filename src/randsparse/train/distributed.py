@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Values of `distributed.backend`: auto picks nccl on CUDA and gloo on the CPU (`backend_for`).
+BACKENDS: tuple[str, ...] = ("auto", "gloo", "nccl")
+
 # What a failed collective says: gloo's transport errors, NCCL's, and the store's timeouts.
 _COMMUNICATION_FAILURE = re.compile(
     r"gloo|nccl|connection (?:closed|reset|refused)|broken pipe|timed out|timeout|socket", re.IGNORECASE
