@@ -106,16 +106,8 @@ class SparseConv2d(SparseModule):
     def to_plain(self) -> nn.Conv2d:
         """The plain `nn.Conv2d` with the masked weight (float32, on the CPU)."""
         with torch.device("meta"):
-            plain = nn.Conv2d(
-                self.in_channels,
-                self.out_channels,
-                self.kernel_size,
-                stride=self.stride,
-                padding=self.padding,
-                dilation=self.dilation,
-                groups=self.groups,
-                bias=self.bias is not None,
-            )
+            geometry = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
+            plain = nn.Conv2d(self.in_channels, self.out_channels, *geometry, bias=self.bias is not None)
         plain.weight = nn.Parameter(self._dense_weight_copy())
         if self.bias is not None:
             plain.bias = nn.Parameter(self.bias.detach().clone())
