@@ -238,10 +238,16 @@ TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".cfg", ".txt", ".ini",
 
 
 def _repo_text_files() -> list[Path]:
-    skip = {".git", ".venv", "venv", "build", "dist", "__pycache__", "runs", "results", "report"}
+    skip = {"venv", "build", "dist", "__pycache__", "node_modules"}
+    outputs = {"runs", "results", "report", "data"}  # what the README's commands write at the root
     files = []
     for directory, dirnames, filenames in os.walk(ROOT):
-        dirnames[:] = [d for d in dirnames if d not in skip and not d.startswith(".") and not d.endswith(".egg-info")]
+        top = Path(directory) == ROOT
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if d not in skip and not (top and d in outputs) and not d.startswith(".") and not d.endswith(".egg-info")
+        ]
         files += [Path(directory, f) for f in filenames if Path(f).suffix in TEXT_SUFFIXES]
     ci = ROOT / ".ci"
     return files + ([p for p in ci.iterdir() if p.is_file()] if ci.is_dir() else [])
