@@ -33,7 +33,7 @@ NAMES = {"erk": "ERK", "uniform": "uniform", "uniform_plus": "uniform+", "er": "
 
 def finished_runs(csv: Path = CSV) -> pd.DataFrame:
     """The runs of the CSV that finished with a test accuracy (one row per run)."""
-    runs = pd.read_csv(csv)
+    runs = pd.read_csv(csv, dtype={"variant": str})
     runs["variant"] = runs["variant"].fillna("")  # an empty grid variant reads back as NaN
     return runs[(runs["status"] == "done") & runs[ACCURACY].notna()]
 
