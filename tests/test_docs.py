@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import importlib.util
 import json
 import os
 import pkgutil
@@ -24,6 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.data.writers import write_mnist_dir
@@ -104,7 +106,6 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | None]:
         "RANDSPARSE_DATA": str(data),
         "XDG_CACHE_HOME": str(base / "cache"),
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-        "MPLBACKEND": "Agg",
     }
     runnable = [(e.id, e.code) for e in EXAMPLES if e.skip is None]
     (base / "work").mkdir()
@@ -188,8 +189,7 @@ def _inline_calls() -> list[tuple[str, str]]:
     calls = []
     for path in _docs():
         rel = path.relative_to(ROOT).as_posix()
-        text = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), path.read_text(), flags=re.S)
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(_prose(path).splitlines(), start=1):
             calls += [(f"{rel}:{number}", m) for m in INLINE_CALL.findall(line) if not m.startswith("randsparse.")]
     return calls
 
@@ -238,23 +238,69 @@ TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".cfg", ".txt", ".ini",
 
 
 def _repo_text_files() -> list[Path]:
-    skip = {".git", ".venv", "venv", "build", "dist", "__pycache__", "runs", "results", "report"}
+    skip = {"venv", "build", "dist", "__pycache__", "node_modules"}
+    outputs = {"runs", "results", "report", "data"}  # what the README's commands write at the root
     files = []
     for directory, dirnames, filenames in os.walk(ROOT):
-        dirnames[:] = [d for d in dirnames if d not in skip and not d.startswith(".") and not d.endswith(".egg-info")]
+        top = Path(directory) == ROOT
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if d not in skip and not (top and d in outputs) and not d.startswith(".") and not d.endswith(".egg-info")
+        ]
         files += [Path(directory, f) for f in filenames if Path(f).suffix in TEXT_SUFFIXES]
     ci = ROOT / ".ci"
     return files + ([p for p in ci.iterdir() if p.is_file()] if ci.is_dir() else [])
 
 
+def _prose(path: Path) -> str:
+    """The text of a Markdown file with its fenced blocks blanked (line numbers kept)."""
+    return re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), path.read_text(), flags=re.S)
+
+
 def test_no_file_refers_to_a_path_outside_the_repository() -> None:
+    """No ``../`` path leaves the repository; in configs and Markdown prose it names a file that is there."""
     outside = []
     for path in _repo_text_files():
-        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        text = path.read_text(errors="replace")
+        checked = _prose(path) if path.suffix == ".md" else text if path.suffix in {".yaml", ".yml"} else ""
+        for number, line in enumerate(text.splitlines(), start=1):
+            where = f"{path.relative_to(ROOT)}:{number}"
             for reference in RELATIVE_UP.findall(line):
-                target = os.path.normpath(path.parent / reference)
-                if not target.startswith(str(ROOT) + os.sep):
-                    outside.append(f"{path.relative_to(ROOT)}:{number}: {reference}")
+                if not Path(os.path.normpath(path.parent / reference)).is_relative_to(ROOT):
+                    outside.append(f"{where}: {reference}")
             if re.search(r"\bDESIGN\.md\b|(?<![\w/])shared/|/work/", line) and path.name != "test_docs.py":
-                outside.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:80]}")
+                outside.append(f"{where}: {line.strip()[:80]}")
+        for number, line in enumerate(checked.splitlines(), start=1):
+            for reference in RELATIVE_UP.findall(line):
+                if not (path.parent / reference.rstrip(".,;:")).exists():
+                    outside.append(f"{path.relative_to(ROOT)}:{number}: {reference} (not in the repository)")
     assert not outside, "references to files outside the repository:\n" + "\n".join(outside)
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+def _results_script():
+    spec = importlib.util.spec_from_file_location("make_readme_table", ROOT / "docs/results/make_readme_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_results_table_is_generated_from_the_committed_csv() -> None:
+    script = _results_script()
+    readme = (ROOT / "README.md").read_text()
+    assert script.with_table(readme, script.readme_table()) == readme, "run docs/results/make_readme_table.py"
+    runs = script.finished_runs()
+    assert len(runs) == len(pd.read_csv(script.CSV)) == 15  # the quickstart study, every run done
+    for figure in script.FIGURES.values():
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_hand_edit_of_the_readme_table_is_caught(tmp_path) -> None:
+    script = _results_script()
+    readme = (ROOT / "README.md").read_text()
+    edited = readme.replace(script.END, "| made up | 99.9 % |\n" + script.END)
+    assert script.with_table(edited, script.readme_table()) != edited
+    assert script.with_table(edited, script.readme_table()) == readme

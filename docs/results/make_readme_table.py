@@ -1,0 +1,102 @@
+"""Regenerate the README's results table and figures from the committed per-run results CSV.
+
+The CSV is the ``runs.csv`` that ``randsparse report`` writes, copied unchanged. Nothing in the
+README's results section is typed by hand: run this after replacing the CSV, and
+``tests/test_docs.py`` fails when the README table and the CSV disagree.
+
+    python docs/results/make_readme_table.py           # rewrite README.md's table and docs/img figures
+    python docs/results/make_readme_table.py --check   # exit 1 when README.md's table is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from randsparse.experiments.report import ACCURACY, plot_gap_vs_size, plot_metric_vs_sparsity, summary_table
+
+ROOT = Path(__file__).resolve().parents[2]
+CSV = ROOT / "docs/results/quickstart.csv"
+README = ROOT / "README.md"
+FIGURES = {
+    "accuracy": ROOT / "docs/img/quickstart_accuracy_vs_sparsity.png",
+    "gap": ROOT / "docs/img/quickstart_gap_vs_width.png",
+}
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+NAMES = {"erk": "ERK", "uniform": "uniform", "uniform_plus": "uniform+", "er": "ER", "erk_plus": "ERK+"}
+
+
+def finished_runs(csv: Path = CSV) -> pd.DataFrame:
+    """The runs of the CSV that finished with a test accuracy (one row per run)."""
+    runs = pd.read_csv(csv, dtype={"variant": str})
+    runs["variant"] = runs["variant"].fillna("")  # an empty grid variant reads back as NaN
+    return runs[(runs["status"] == "done") & runs[ACCURACY].notna()]
+
+
+def _percent(mean: float, std: float) -> str:
+    text = f"{mean * 100:.1f}"
+    return f"{text} ± {std * 100:.1f} %" if not math.isnan(std) else f"{text} %"
+
+
+def readme_table(csv: Path = CSV) -> str:
+    """One row per model size: dense accuracy, then each sparsity × distribution with its gap in points."""
+    table = summary_table(finished_runs(csv))
+    sparse = table[table["sparsity"] > 0]
+    columns = sorted({(s, d) for s, d in zip(sparse["sparsity"], sparse["distribution"], strict=True)})
+    header = ["model size", "dense"] + [f"{NAMES.get(d, d)} {s * 100:g} %" for s, d in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    order = table.drop_duplicates("size").sort_values(["depth", "width", "size"], na_position="first")["size"]
+    for size in order:
+        rows = table[table["size"] == size]
+        dense = rows[rows["sparsity"] == 0]
+        cells = [size, _percent(dense["mean"].iloc[0], dense["std"].iloc[0]) if len(dense) else "—"]
+        for sparsity, distribution in columns:
+            row = rows[(rows["sparsity"] == sparsity) & (rows["distribution"] == distribution)]
+            if row.empty:
+                cells.append("—")
+                continue
+            cell = _percent(row["mean"].iloc[0], row["std"].iloc[0])
+            gap = row["gap_to_dense"].iloc[0]
+            cells.append(cell if math.isnan(gap) else f"{cell} ({gap * 100:+.1f})".replace("-", "−"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def with_table(readme: str, table: str) -> str:
+    """`readme` with the text between the results markers replaced by `table`."""
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), flags=re.S)
+    if len(pattern.findall(readme)) != 1:
+        raise SystemExit(f"README.md must hold exactly one {START} ... {END} block")
+    return pattern.sub(lambda _: f"{START}\n{table}\n{END}", readme)
+
+
+def write_figures(csv: Path = CSV) -> None:
+    """The accuracy-vs-sparsity and gap-vs-width figures of the README, drawn by the report's code."""
+    done = finished_runs(csv)
+    plot_metric_vs_sparsity(done, ACCURACY, "test accuracy", FIGURES["accuracy"], "quickstart")
+    plot_gap_vs_size(summary_table(done), "width", FIGURES["gap"], "quickstart: gap to dense vs width")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check that README.md's table is up to date")
+    args = parser.parse_args(argv)
+    current = README.read_text()
+    expected = with_table(current, readme_table())
+    if args.check:
+        if current != expected:
+            print(f"README.md's results table differs from {CSV.name}: run {__file__}", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(expected)
+    write_figures()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
