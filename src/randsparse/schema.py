@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import inspect
 import math
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from randsparse.errors import ConfigError, UnknownNameError, is_integer, is_real
 
@@ -66,6 +67,33 @@ def registered(kind: str, names: Callable[[], Iterable[str]]) -> AfterValidator:
     return AfterValidator(check)
 
 
+def names_from(module: str, attribute: str) -> Callable[[], Iterable[str]]:
+    """The names a registry lists, read lazily: ``module.attribute()`` (a function) or ``module.attribute``.
+
+    Lazy so that a config module need not import every subsystem (and torch) to be defined.
+    """
+
+    def names() -> Iterable[str]:
+        found = getattr(importlib.import_module(module), attribute)
+        return found() if callable(found) else found
+
+    return names
+
+
+def refuse_unused(section: BaseModel, what: str, used: Iterable[str]) -> None:
+    """Raise `ValueError` for a field of `section` that `what` does not read, unless left at its default.
+
+    A default value is accepted so that a dumped config (which writes every field) reads back.
+    """
+    used = list(used)
+    for name, field in type(section).model_fields.items():
+        if name in used or name not in section.model_fields_set:
+            continue
+        if getattr(section, name) != field.get_default(call_default_factory=True):
+            taken = ", ".join(n for n in used if n != "name") or "no options"
+            raise ValueError(f"{name}={getattr(section, name)!r} does not apply to {what} (it takes: {taken})")
+
+
 @functools.lru_cache(maxsize=512)
 def _adapter(hint: Any) -> TypeAdapter:
     return TypeAdapter(hint, config=ConfigDict(strict=True, allow_inf_nan=False))
@@ -78,18 +106,26 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
-def check_call_options(what: str, fn: Callable[..., Any], options: Mapping[str, Any], skip: Iterable[str] = ()) -> None:
+def check_call_options(
+    what: str,
+    fn: Callable[..., Any],
+    options: Mapping[str, Any],
+    skip: Iterable[str] = (),
+    error: type[Exception] = ConfigError,
+) -> None:
     """Refuse `options` that `fn` does not take, or whose value is not of its annotated type.
 
     `what` names the taker in the message (e.g. ``"distribution 'erk_plus'"``); `skip` lists the
     parameters the caller passes itself. Types are checked strictly (no ``"0.5"`` for a float,
-    no bool for a number, finite floats); ranges stay the function's own checks.
+    no bool for a number, finite floats); ranges stay the function's own checks. Raises `error`
+    (`ValueError` inside a pydantic validator, so the problem is reported under its key).
     """
     params = inspect.signature(fn).parameters
-    accepted = [name for name in params if name not in set(skip)]
-    unknown = sorted(set(options) - set(accepted))
+    accepted = [name for name, p in params.items() if name not in set(skip) and p.kind != p.VAR_KEYWORD]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    unknown = [] if takes_any else sorted(set(options) - set(accepted), key=str)
     if unknown:
-        raise ConfigError(
+        raise error(
             f"{what} does not take option(s) {', '.join(map(str, unknown))}"
             f" (it takes: {', '.join(accepted) or 'no options'})"
         )
@@ -102,7 +138,7 @@ def check_call_options(what: str, fn: Callable[..., Any], options: Mapping[str, 
             _adapter(hint).validate_python(value)
         except ValidationError as exc:
             problem = exc.errors()[0]["msg"]
-            raise ConfigError(f"{what}: option {name}={value!r}: {problem}") from None
+            raise error(f"{what}: option {name}={value!r}: {problem}") from None
         except Exception:  # a hint pydantic cannot check (a callable, a tensor type): not type-checked
             continue
 

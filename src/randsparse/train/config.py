@@ -29,78 +29,25 @@ from randsparse.schema import (
     MAX_WIDTH,
     SECTION,
     check_call_options,
+    names_from,
+    refuse_unused,
     registered,
 )
 from randsparse.storage import read_mapping
 
-
-def _models() -> list[str]:
-    from randsparse.models import available_models
-
-    return available_models()
-
-
-def _datasets() -> list[str]:
-    from randsparse.data import available_datasets
-
-    return available_datasets()
-
-
-def _distributions() -> list[str]:
-    from randsparse.sparsity import available_distributions
-
-    return available_distributions()
-
-
-def _scorers() -> list[str]:
-    from randsparse.sparsity import available_scorers
-
-    return available_scorers()
-
-
-def _sampling_modes() -> tuple[str, ...]:
-    from randsparse.sparsity.masks import SAMPLING_MODES
-
-    return SAMPLING_MODES
-
-
-def _optimizers() -> list[str]:
-    from randsparse.train.optim import available_optimizers
-
-    return available_optimizers()
-
-
-def _schedules() -> list[str]:
-    from randsparse.train.optim import available_schedules
-
-    return available_schedules()
-
-
-def _backends() -> tuple[str, ...]:
-    from randsparse.train.distributed import BACKENDS
-
-    return BACKENDS
+# Where each name's registry lists its entries (read at validation time: entries added later count).
+_models = names_from("randsparse.models", "available_models")
+_datasets = names_from("randsparse.data", "available_datasets")
+_distributions = names_from("randsparse.sparsity", "available_distributions")
+_scorers = names_from("randsparse.sparsity", "available_scorers")
+_sampling_modes = names_from("randsparse.sparsity.masks", "SAMPLING_MODES")
+_optimizers = names_from("randsparse.train.optim", "available_optimizers")
+_schedules = names_from("randsparse.train.optim", "available_schedules")
+_backends = names_from("randsparse.train.distributed", "BACKENDS")
 
 
 def _call_options(what: str, fn: Any, options: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
-    """`check_call_options` with its `ConfigError` as the `ValueError` pydantic reports under the key."""
-    try:
-        check_call_options(what, fn, options, skip)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _refuse_unused(section: BaseModel, what: str, used: tuple[str, ...]) -> None:
-    """Refuse a field of `section` that `what` does not read, unless it is left at its default.
-
-    A default value is accepted so that a dumped config (which writes every field) reloads.
-    """
-    for name, field in type(section).model_fields.items():
-        if name in used or name not in section.model_fields_set:
-            continue
-        if getattr(section, name) != field.get_default(call_default_factory=True):
-            taken = ", ".join(n for n in used if n != "name") or "no options"
-            raise ValueError(f"{name}={getattr(section, name)!r} does not apply to {what} (it takes: {taken})")
+    check_call_options(what, fn, options, skip, error=ValueError)  # pydantic reports it under the key
 
 
 def _regex(value: str | None) -> str | None:
@@ -274,7 +221,7 @@ class OptimConfig(_Section):
     def _options_fit_the_optimizer(self) -> OptimConfig:
         from randsparse.train.optim import optimizer_options
 
-        _refuse_unused(self, f"optimizer {self.name!r}", optimizer_options(self.name))
+        refuse_unused(self, f"optimizer {self.name!r}", optimizer_options(self.name))
         if self.name == "sgd" and self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
         return self
@@ -308,7 +255,7 @@ class ScheduleConfig(_Section):
     def _options_fit_the_schedule(self) -> ScheduleConfig:
         from randsparse.train.optim import schedule_options
 
-        _refuse_unused(self, f"schedule {self.name!r}", schedule_options(self.name))
+        refuse_unused(self, f"schedule {self.name!r}", schedule_options(self.name))
         return self
 
 
