@@ -76,8 +76,12 @@ def test_snip_reinit_xavier_normal_scores_a_redrawn_copy_reproducibly() -> None:
     torch.testing.assert_close(redrawn, compute_scores("snip", second, (x, y), seed=5, reinit="xavier_normal"))
     assert torch.equal(first.weight, before)
     assert not torch.equal(redrawn["weight"], compute_scores("snip", first, (x, y), seed=5)["weight"])
-    assert not torch.equal(redrawn["weight"], compute_scores("snip", first, (x, y), seed=6, reinit="xavier_normal")["weight"])
-    assert compute_scores("snip", first, (x, y), reinit="none")["weight"].equal(compute_scores("snip", first, (x, y))["weight"])
+    assert not torch.equal(
+        redrawn["weight"], compute_scores("snip", first, (x, y), seed=6, reinit="xavier_normal")["weight"]
+    )
+    assert compute_scores("snip", first, (x, y), reinit="none")["weight"].equal(
+        compute_scores("snip", first, (x, y))["weight"]
+    )
     with pytest.raises(ConfigError, match="reinit must be one of none, xavier_normal"):
         compute_scores("snip", first, (x, y), reinit="kaiming")
 

@@ -98,6 +98,9 @@ class OptimConfig(_Section):
     no_decay_norm_and_bias: bool = Field(
         default=False, description="exempt normalisation weights and biases from weight decay"
     )
+    no_decay_norm: bool = Field(
+        default=False, description="exempt normalisation weights and biases only (the paper's ImageNet code)"
+    )
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     grad_clip: float | None = Field(default=None, gt=0, description="clip the gradient norm to this value")
@@ -116,8 +119,17 @@ class ScheduleConfig(_Section):
     milestones: list[float] = Field(default_factory=list, description="multistep: epochs at which lr *= gamma")
     gamma: float = Field(default=0.1, gt=0, le=1)
     warmup_epochs: float = Field(default=0.0, ge=0, description="linear warm-up from ~0 to lr")
+    warmup_per: Literal["step", "epoch"] = Field(
+        default="step", description="warm-up raises lr every step, or once per epoch (the paper's ImageNet code)"
+    )
     min_lr: float = Field(default=0.0, ge=0, description="cosine: final learning rate")
     pct_start: float = Field(default=0.3, gt=0, lt=1, description="onecycle: fraction of steps spent rising")
+
+    @model_validator(mode="after")
+    def _whole_warmup_epochs(self) -> ScheduleConfig:
+        if self.warmup_per == "epoch" and not float(self.warmup_epochs).is_integer():
+            raise ValueError(f"warmup_per=epoch needs whole warmup_epochs, got {self.warmup_epochs:g}")
+        return self
 
     @field_validator("milestones")
     @classmethod
@@ -161,6 +173,12 @@ class TrainConfig(_Section):
     seed: int = Field(default=0, ge=0, description="seeds model init, data order and augmentation")
     device: str = Field(default="auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     amp: bool = Field(default=False, description="mixed precision (bfloat16/float16 autocast) on CUDA")
+    amp_dtype: Literal["auto", "bf16", "fp16"] = Field(
+        default="auto", description="autocast dtype of amp; auto: bf16 where the GPU has it, else fp16"
+    )
+    loss_scale: Literal["dynamic"] | Annotated[float, Field(gt=0)] = Field(
+        default="dynamic", description="fp16 loss scaling: dynamic, or a static scale (the paper's ImageNet code)"
+    )
     deterministic: bool = Field(default=False, description="deterministic algorithms: bit-exact reruns")
     checkpoint_every_steps: int | None = Field(default=None, ge=1, description="also checkpoint every N steps")
     tensorboard: bool = Field(default=False, description="also log to TensorBoard (needs the tensorboard package)")
@@ -198,6 +216,14 @@ class TrainConfig(_Section):
             except (RuntimeError, ValueError):
                 raise ValueError(f"not a device: {value!r} (auto, cpu, cuda, cuda:N, mps)") from None
         return value
+
+    @model_validator(mode="after")
+    def _precision_options_need_amp(self) -> TrainConfig:
+        if self.amp_dtype != "auto" and not self.amp:
+            raise ValueError(f"amp_dtype={self.amp_dtype} needs amp=true")
+        if self.loss_scale != "dynamic" and self.amp_dtype != "fp16":
+            raise ValueError("a static loss_scale needs amp=true amp_dtype=fp16 (bf16 needs no loss scaling)")
+        return self
 
     @model_validator(mode="after")
     def _schedule_fits_the_run(self) -> TrainConfig:
@@ -241,9 +267,24 @@ _NOT_IN_IDENTITY: dict[str, Any] = {
 }
 
 
+# Options added after runs were first identified: at their default they leave the identity as it was.
+_LATER_DEFAULTS: dict[tuple[str, ...], Any] = {
+    ("optim", "no_decay_norm"): False,
+    ("schedule", "warmup_per"): "step",
+    ("amp_dtype",): "auto",
+    ("loss_scale",): "dynamic",
+}
+
+
 def config_hash(config: TrainConfig) -> str:
     """Stable 16-hex-digit identity of the options that change a run's result."""
     data = config.model_dump(mode="json", exclude=_NOT_IN_IDENTITY)
+    for *sections, key in _LATER_DEFAULTS:
+        node = data
+        for section in sections:
+            node = node[section]
+        if node.get(key) == _LATER_DEFAULTS[(*sections, key)]:
+            del node[key]
     data["data"]["batch_size"] = config.global_batch_size
     if config.is_dense:  # a dense run is the same run whatever rule it would have pruned with
         data["sparsity"] = {"sparsity": 0.0}

@@ -36,6 +36,7 @@ from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError, R
 from randsparse.evaluate.complexity import count_flops, count_params
 from randsparse.evaluate.trained import evaluate_trained
 from randsparse.sparsity import MaskSet, attach, masks_from_model, prunable_shapes
+from randsparse.train import precision
 from randsparse.train.checkpoint import (
     Progress,
     load_checkpoint,
@@ -303,19 +304,11 @@ class _Run:
             self.files.save_checkpoint(path, self.checkpoint_payload(rank_rng))
 
 
-def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if not config.amp:
-        return None
-    if device.type != "cuda":
-        raise ConfigError(f"amp needs a CUDA device, but this run is on {device.type}; set amp=false")
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def _prepare(
     config: TrainConfig, run_dir: RunDir, model: nn.Module, masks: MaskSet | None, steps: int, dist: Distributed
 ) -> _Run:
     device = dist.device
-    amp_dtype = _amp_dtype(config, device)
+    amp_dtype = precision.amp_dtype(config, device)
     if config.distributed.sync_batchnorm and dist.active:
         if device.type != "cuda":
             raise ConfigError("distributed.sync_batchnorm needs CUDA (SyncBatchNorm does not run on the CPU)")
@@ -326,7 +319,7 @@ def _prepare(
         attach(model, masks, optimizer)
     dist.check_masks(masks_from_model(model))  # what each rank enforces, not what it was sent
     scheduler = build_scheduler(optimizer, config.schedule, steps, config.epochs, config.optim.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = precision.build_scaler(config, device, amp_dtype)
     return _Run(
         config,
         run_dir,
