@@ -71,6 +71,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--data", metavar="NAME", help="dataset to score on (snip, grasp); also sets --num-classes and --in-channels"
     )
     scores.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
+    scores.add_argument("--download", action="store_true", help="let torchvision download a missing --data set")
     scores.add_argument("--score-batches", type=int, metavar="N", help="snip: batches whose gradients are averaged")
     scores.add_argument("--batch-size", type=int, metavar="N", help="snip, grasp: examples per batch (default 128)")
     scores.add_argument("--input-size", type=int, metavar="N", help="synflow without --data: input height = width")
@@ -142,7 +143,9 @@ def _score_inputs(args: argparse.Namespace, method: str | None, shape: tuple[int
             options[option] = value
     inputs: dict[str, Any] = {"score_options": options}
     if args.data is not None:
-        inputs["data"] = datasets.build(args.data, root=args.data_dir, split="train", augment=False)
+        inputs["data"] = datasets.build(
+            args.data, root=args.data_dir, split="train", download=args.download, augment=False
+        )
     elif scorer_needs_data(method):
         raise ConfigError(f"{method} scores are computed on data: add --data NAME (see `randsparse data list`)")
     if args.input_size is not None:

@@ -41,6 +41,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<data>-<...>-<hash>)")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     parser.add_argument("--data-dir", metavar="DIR", help="where the dataset files are (sets data.root)")
+    parser.add_argument(
+        "--download", action="store_true", help="let torchvision download missing datasets (sets data.download)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
     parser.add_argument("--format", choices=("text", "json"), default="text", help="how to print the summary")
     parser.add_argument(
@@ -63,6 +66,8 @@ def _resolve(args: argparse.Namespace, world_size: int) -> tuple[TrainConfig, Pa
     overrides = list(args.overrides)
     if args.data_dir is not None:
         overrides.append(f"data.root={args.data_dir}")
+    if args.download:
+        overrides.append("data.download=true")
     if args.resume is not None:
         run = RunDir(args.resume)
         if args.out is not None and Path(args.out) != Path(args.resume):
@@ -96,6 +101,8 @@ def torchrun_command(nproc: int, args: argparse.Namespace) -> list[str]:
             forwarded += [flag, value]
     if args.data_dir is not None:
         forwarded += ["--data-dir", args.data_dir]
+    if args.download:
+        forwarded.append("--download")
     if args.quiet:
         forwarded.append("--quiet")
     forwarded += ["--format", args.format, *args.overrides]

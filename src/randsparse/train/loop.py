@@ -50,6 +50,7 @@ from randsparse.train.distributed import (
     Distributed,
     model_state_tensors,
     persistent_buffers,
+    resume_command,
     session,
     with_world_size,
 )
@@ -446,8 +447,8 @@ def _train_epoch(run: _Run, loader: DataLoader, epoch: int, stop: dict[str, str]
             if stopping:
                 raise Interrupted(
                     f"stopped by {stop.get('signal', 'a signal to another process')} at epoch {epoch + 1}, step"
-                    f" {progress.global_step}; checkpoint saved; continue with: randsparse train --resume"
-                    f" {run.run_dir.path}"
+                    f" {progress.global_step}; checkpoint saved; continue with:"
+                    f" {resume_command(run.run_dir.path, run.dist.world_size)}"
                 )
     progress.partial = {}
     seconds = time.perf_counter() - started
