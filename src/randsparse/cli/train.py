@@ -22,6 +22,7 @@ from randsparse.errors import ConfigError
 from randsparse.train import Interrupted, RunDir, TrainConfig, apply_overrides, build_config, config_hash, fit
 from randsparse.train.config import read_yaml
 from randsparse.train.distributed import launch_from_env, with_world_size
+from randsparse.train.loop import check_before_launch
 
 EXIT_DIVERGED = 1
 
@@ -121,6 +122,7 @@ def _run_train(args: argparse.Namespace, console: Console) -> int:
     config, out, resume = _resolve(args, max(nproc, launch.world_size))  # refuse a bad config before launching
     _setup_logging(args.quiet, main=launch.rank == 0)
     if nproc > 1:
+        check_before_launch(config, out, resume=resume)  # one line here, not one buried in each process
         command = torchrun_command(nproc, args)
         logging.getLogger("randsparse").info("starting %d processes: %s", nproc, shlex.join(command))
         sys.stdout.flush()

@@ -31,7 +31,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from randsparse import __version__
-from randsparse.data import SeededIndices, build_ood
+from randsparse.data import SeededIndices, build_ood, dataset_info
+from randsparse.data import build as build_dataset
 from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError, RandsparseError
 from randsparse.evaluate.complexity import count_flops, count_params
 from randsparse.evaluate.trained import evaluate_trained
@@ -500,6 +501,21 @@ def _starting_state(run_dir: RunDir, resume: bool, config: TrainConfig) -> dict[
     if resume:
         raise FileFormatError(f"nothing to resume in {str(run_dir.path)!r}: no checkpoints/last.pt")
     return None
+
+
+def check_before_launch(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> None:
+    """Refuse once, before any process of a multi-process run starts, what each process would refuse.
+
+    Checks the run directory, the dataset (downloading it here, once, when `data.download` allows),
+    the OOD sets of the evaluation and whether the model takes the dataset's input; raises the
+    `RandsparseError` `fit` would raise. Used by ``randsparse train --nproc N`` before torchrun.
+    """
+    _starting_state(RunDir(out_dir), resume, config)
+    data = config.data
+    build_dataset(data.name, split="test", root=data.root, download=data.download, **data.options)
+    info = dataset_info(data.name, root=data.root, **data.options)
+    check_model_input(build_model(config.model, info), info.shape, config.model.name)
+    _check_eval_data(config, info)
 
 
 def _draw_masks_on_main(

@@ -1,0 +1,111 @@
+"""Advice in error messages works for the command that gave it: each test runs the advised fix."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torchvision
+
+from randsparse.cli import train as cli_train
+from randsparse.data import lookup
+from tests._cli import run
+from tests.data.writers import write_mnist_dir
+from tests.train._runs import tiny_config, write_config
+
+
+ONE_DOWNLOAD = 2  # torchvision's FashionMNIST is created once per split
+
+
+class _FakeFashionMNIST:
+    """Stands in for torchvision's downloader (no network in tests): writes tiny files where torchvision would."""
+
+    calls: list[str] = []  # noqa: RUF012  (shared on purpose: records calls across instances)
+
+    def __init__(self, root: str, train: bool, download: bool) -> None:
+        assert download
+        self.calls.append(root)
+        write_mnist_dir(Path(root) / "FashionMNIST" / "raw", n_train=64, n_test=16, gz=True)
+
+
+@pytest.fixture
+def empty_world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """No dataset anywhere (system folder and cache in tmp_path), a fake downloader; returns its calls."""
+    monkeypatch.delenv(lookup.ENV_VAR, raising=False)
+    monkeypatch.setattr(lookup, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _FakeFashionMNIST.calls = []
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", _FakeFashionMNIST)
+    return _FakeFashionMNIST.calls
+
+
+@pytest.fixture
+def launches(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Records the torchrun command `train --nproc` would exec, instead of replacing the test process."""
+    started: list[list[str]] = []
+
+    def execv(path: str, command: list[str]) -> None:
+        started.append(list(command))
+        raise SystemExit(0)  # exec never returns
+
+    monkeypatch.setattr(cli_train.os, "execv", execv)
+    return started
+
+
+def _advised_flag(err: str) -> str:
+    """The flag a one-line error tells the user to pass."""
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    match = re.search(r"pass (--[a-z][a-z-]*)", err)
+    assert match, err
+    return match.group(1)
+
+
+def _fmnist_config(tmp_path: Path) -> Path:
+    config = tiny_config("data.name=fashion_mnist", "data.options={}", "epochs=1", "data.batch_size=16")
+    return write_config(tmp_path / "config.yaml", config)
+
+
+def test_train_missing_dataset_advice_is_a_flag_train_takes(tmp_path, capsys, empty_world) -> None:
+    argv = ["train", "--config", str(_fmnist_config(tmp_path)), "--out", str(tmp_path / "run"), "--quiet"]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "not found" in err
+    flag = _advised_flag(err)
+    code, _, err = run([*argv, flag], capsys)
+    assert code == 0, err
+    assert len(empty_world) == ONE_DOWNLOAD, "downloaded once"
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_train_nproc_refuses_a_missing_dataset_before_starting_any_process(
+    tmp_path, capsys, empty_world, launches
+) -> None:
+    argv = ["train", "--nproc", "4", "--config", str(_fmnist_config(tmp_path)), "--out", str(tmp_path / "run")]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "not found" in err
+    assert launches == [], "no process was started"
+    flag = _advised_flag(err)
+    code, _, err = run([*argv, flag], capsys)
+    assert code == 0, err
+    assert len(empty_world) == ONE_DOWNLOAD, "downloaded once, before the processes start"
+    assert len(launches) == 1 and flag in launches[0]
+
+
+def test_train_nproc_refuses_a_bad_model_or_run_directory_before_starting_any_process(
+    tmp_path, capsys, launches
+) -> None:
+    config = write_config(tmp_path / "config.yaml", tiny_config("data.options.image_size=2"))
+    code, _, err = run(["train", "--nproc", "2", "--config", str(config), "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and err.count("\n") == 1 and launches == [], err
+    code, _, err = run(["train", "--nproc", "2", "--resume", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and err.count("\n") == 1 and launches == [], err
+
+
+def test_plan_missing_dataset_advice_is_a_flag_plan_takes(capsys, empty_world) -> None:
+    argv = ["plan", "--model", "small_cnn", "--sparsity", "0.5", "--distribution", "snip_ratio"]
+    argv += ["--data", "fashion_mnist", "--batch-size", "16"]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "not found" in err
+    code, out, err = run([*argv, _advised_flag(err)], capsys)
+    assert code == 0, err
+    assert len(empty_world) == ONE_DOWNLOAD and "small_cnn" in out
