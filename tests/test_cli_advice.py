@@ -14,7 +14,6 @@ from tests._cli import run
 from tests.data.writers import write_mnist_dir
 from tests.train._runs import tiny_config, write_config
 
-
 ONE_DOWNLOAD = 2  # torchvision's FashionMNIST is created once per split
 
 
