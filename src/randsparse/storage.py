@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from randsparse.errors import ConfigError, first_line
+from randsparse.errors import ConfigError, parse_error_text
 
 
 def _new_file_mode() -> int:
@@ -73,7 +73,7 @@ def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot parse {what} {str(path)!r}: {first_line(exc)}") from None
+        raise ConfigError(f"cannot parse {what} {parse_error_text(exc, str(path))}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from randsparse.errors import ConfigError, FileFormatError
+from randsparse.errors import ConfigError, FileFormatError, parse_error_text
 from randsparse.storage import atomic_write_bytes
 from randsparse.train.config import TrainConfig, build_config, dump_config, read_yaml
 
@@ -88,8 +88,10 @@ class RunDir:
             return {}
         try:
             data = json.loads(self.summary_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except OSError as exc:
             raise FileFormatError(f"cannot read {str(self.summary_file)!r}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise FileFormatError(f"cannot read {parse_error_text(exc, str(self.summary_file))}") from None
         if not isinstance(data, dict):
             raise FileFormatError(f"{str(self.summary_file)!r} does not hold a JSON object")
         return data
