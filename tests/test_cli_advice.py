@@ -10,8 +10,10 @@ import torchvision
 
 from randsparse.cli import train as cli_train
 from randsparse.data import lookup
+from randsparse.experiments import open_store
 from tests._cli import run
 from tests.data.writers import write_mnist_dir
+from tests.experiments._studies import write_study
 from tests.train._runs import tiny_config, write_config
 
 ONE_DOWNLOAD = 2  # torchvision's FashionMNIST is created once per split
@@ -108,3 +110,20 @@ def test_plan_missing_dataset_advice_is_a_flag_plan_takes(capsys, empty_world) -
     code, out, err = run([*argv, _advised_flag(err)], capsys)
     assert code == 0, err
     assert len(empty_world) == ONE_DOWNLOAD and "small_cnn" in out
+
+
+def test_a_study_directory_keeps_its_run_set_unless_rebound(tmp_path, capsys) -> None:
+    path = write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5]})
+    argv = ["study", str(path), "--out", str(tmp_path / "study"), "--executor", "sequential", "--quiet"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    code, _, err = run([*argv, "data.workers=0"], capsys)  # not part of any run's identity: the same runs
+    assert code == 0, err
+    before = (tmp_path / "study" / "results.sqlite").read_bytes()
+    code, _, err = run([*argv, "optim.lr=0.02"], capsys)
+    assert code == 2 and "another run set" in err
+    assert (tmp_path / "study" / "results.sqlite").read_bytes() == before, "nothing written"
+    code, _, err = run([*argv, "optim.lr=0.02", _advised_flag(err)], capsys)
+    assert code == 0, err
+    rows = open_store(tmp_path / "study").rows(include_old=True)
+    assert len(rows) == 4 and sum(r.status == "done" for r in rows) == 4

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from randsparse import data as datasets
+from randsparse.errors import ConfigError
 from randsparse.experiments.executors import Executor, Outcome, make_executor, run_dir_of
 from randsparse.experiments.store import ResultsStore, owner_id
 from randsparse.experiments.study import RunSpec, StudyConfig, expand
@@ -46,10 +47,16 @@ def open_store(study_dir: str | Path) -> ResultsStore:
 
 
 def prepare(
-    study: StudyConfig, base: dict[str, Any], study_dir: str | Path, retry_failed: bool = False
+    study: StudyConfig, base: dict[str, Any], study_dir: str | Path, retry_failed: bool = False, rebind: bool = False
 ) -> tuple[ResultsStore, list[RunSpec]]:
-    """Expand the study and make its store hold exactly its runs (new ones pending)."""
+    """Expand the study and make its store hold exactly its runs (new ones pending).
+
+    A study directory is bound to the run set it was first run with: another set (a changed grid
+    or overrides that change run identities) raises `ConfigError` before anything is written,
+    unless `rebind` (then runs no longer in the set are kept, with their results, out of the study).
+    """
     specs = expand(study, base)
+    _check_binding(Path(study_dir), [s.id for s in specs], rebind)
     store = open_store(study_dir)
     store.sync(
         [(s.id, s.config.model_dump(mode="json"), s.point) for s in specs],
@@ -61,6 +68,19 @@ def prepare(
     if retry_failed:
         log.info("re-queued %d failed or diverged run(s)", store.retry())
     return store, specs
+
+
+def _check_binding(study_dir: Path, ids: list[str], rebind: bool) -> None:
+    if rebind or not (study_dir / STORE_NAME).is_file():
+        return
+    bound = {row.id for row in open_store(study_dir).rows()}
+    if bound and bound != set(ids):
+        added, dropped = len(set(ids) - bound), len(bound - set(ids))
+        raise ConfigError(
+            f"{str(study_dir)!r} holds another run set of this study ({added} run(s) would be added, {dropped}"
+            " set aside: the grid or the overrides changed); choose another --out, or pass --rebind to make"
+            " this directory hold the new set (finished runs keep their results)"
+        )
 
 
 def check_data(specs: list[RunSpec]) -> None:
@@ -88,10 +108,14 @@ def run_study(
     address: str | None = None,
     on_progress: Callable[[StudyStatus], None] | None = None,
     heartbeat_seconds: float = 15.0,
+    rebind: bool = False,
     **executor_options: Any,
 ) -> StudyStatus:
-    """Run every pending run of the study; returns the final counts. Safe to call again to resume."""
-    store, specs = prepare(study, base, study_dir, retry_failed)
+    """Run every pending run of the study; returns the final counts. Safe to call again to resume.
+
+    `rebind` lets `study_dir` take another run set than the one it holds (see `prepare`).
+    """
+    store, specs = prepare(study, base, study_dir, retry_failed, rebind)
     pending = {row.id for row in store.rows() if row.status == "pending"}
     check_data([s for s in specs if s.id in pending])
     owner = owner_id()
