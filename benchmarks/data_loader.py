@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from _verdict import verdict
 from randsparse import data
 from randsparse.data.datasets import one_intra_op_thread
 from randsparse.errors import DatasetNotFoundError
@@ -46,7 +48,7 @@ def _epoch(loader) -> tuple[int, float]:
     return count, time.perf_counter() - start
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "cifar10", "synthetic"))
     parser.add_argument("--batch", type=int, default=128)
@@ -103,7 +105,8 @@ def main() -> None:
     print(f"randsparse.data loader: {ours:,.0f} images/s (rounds: {', '.join(f'{r:,.0f}' for r in ours_rates)})")
     print(f"per-item torchvision:   {base:,.0f} images/s")
     print(f"ratio: {ours / base:.1f}x; target >= 20,000 images/s: {'met' if ours >= 20000 else 'MISSED'}")
+    return verdict({"loader >= 20,000 images/s": ours >= 20000})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
 from torch import nn
 
+from _verdict import verdict
 from randsparse.models import build
 from randsparse.sparsity import attach, plan_sparsity
 
@@ -27,7 +29,7 @@ def _optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
     raise SystemExit(f"unknown optimizer {name!r} (sgd, adamw)")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--batch", type=int, default=128)
@@ -72,7 +74,8 @@ def main() -> None:
     print(f"dense step  (median of {args.steps}): {dense_ms:.1f} ms")
     print(f"masked step (median of {args.steps}): {masked_ms:.1f} ms")
     print(f"ratio masked/dense: {masked_ms / dense_ms:.3f}  (target <= 1.05)")
+    return verdict({"masked/dense step <= 1.05": masked_ms / dense_ms <= 1.05})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 
 import torch
 from torch.utils.data import TensorDataset
 
+from _verdict import verdict
 from randsparse.evaluate import EvalConfig, run
 from randsparse.models import build
 from randsparse.sparsity import attach, plan_sparsity
@@ -39,7 +41,7 @@ def _load() -> str:
         return "unknown"
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--sparsity", type=float, default=0.9, help="random ERK mask (0 = dense)")
@@ -82,7 +84,8 @@ def main() -> None:
     print(f"  {'total':<14} {total:7.1f} s  (target < 180 s)")
     # Other processes on a shared machine stretch wall time; CPU time per thread shows the cost itself.
     print(f"  {'CPU time':<14} {cpu:7.1f} s  ({cpu / args.threads:.1f} s per thread; load average {_load()})")
+    return verdict({"evaluation < 180 s": total < 180})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

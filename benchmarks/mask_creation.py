@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import tracemalloc
 
 import torch
 
+from _verdict import verdict
 from randsparse.models import build
 from randsparse.sparsity import MaskSet, layer_densities, prunable_shapes
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="wide_resnet50_2")
     parser.add_argument("--num-classes", type=int, default=1000)
@@ -52,7 +54,10 @@ def main() -> None:
     print(f"time to build masks (median of {args.repeats}): {statistics.median(times):.3f} s  (target < 2 s)")
     print(f"mask storage: {stored / 2**20:.1f} MiB = {stored / weights:.3f} bytes/weight  (target <= 1)")
     print(f"peak memory while drawing (tracemalloc): {peak / 2**20:.1f} MiB = {peak / weights:.3f} bytes/weight")
+    return verdict(
+        {"masks built in < 2 s": statistics.median(times) < 2, "mask storage <= 1 byte/weight": stored <= weights}
+    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

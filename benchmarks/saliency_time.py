@@ -16,17 +16,19 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import time
 
 import torch
 
+from _verdict import verdict
 from randsparse.models import build
 from randsparse.sparsity import plan_sparsity
 
 TARGET_S = {"snip": 30.0, "grasp": 30.0}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet56")
     parser.add_argument("--batch", type=int, default=128)
@@ -60,13 +62,17 @@ def main() -> None:
             assert abs(plan.kept - (1 - args.sparsity) * plan.params) <= len(plan.layers)
 
     print(f"{args.model}, batch {args.batch}x3x32x32, sparsity {args.sparsity}, {args.threads} thread(s)")
+    targets = {}
     for method, seconds in times.items():
         median = statistics.median(seconds)
         target = TARGET_S.get(method)
-        verdict = "" if target is None else f"  target < {target:g} s: {'ok' if median < target else 'MISSED'}"
+        note = "" if target is None else f"  target < {target:g} s: {'ok' if median < target else 'MISSED'}"
         runs = ", ".join(f"{s:.2f}" for s in seconds)
-        print(f"{method:>9}_ratio: median {median:6.2f} s  (runs: {runs}){verdict}")
+        print(f"{method:>9}_ratio: median {median:6.2f} s  (runs: {runs}){note}")
+        if target is not None:
+            targets[f"{method}_ratio < {target:g} s"] = median < target
+    return verdict(targets)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,10 +9,12 @@ training needed. Prints the size with each mask encoding and the one `auto` pick
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
+from _verdict import verdict
 from randsparse.accel.bench import bench_spec, build_seeded, state_dict_bytes
 from randsparse.accel.encoding import available_encodings
 from randsparse.accel.export import export_bytes, export_model
@@ -21,7 +23,7 @@ from randsparse.sparsity import plan_sparsity
 TARGET = 0.15
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="wide_resnet50_2")
     parser.add_argument("--sparsity", type=float, default=0.95)
@@ -41,9 +43,8 @@ def main() -> None:
         summary = export_model(model, plan.masks, spec, Path(tmp) / "model.rsp")
     picked = Counter(layer.encoding for layer in summary.layers)
     print(f"exported, auto ({dict(picked)}):  {summary.bytes / 2**20:8.2f} MiB = {summary.bytes / dense:.4f} of dense")
-    verdict = "PASS" if summary.bytes <= TARGET * dense else "FAIL"
-    print(f"{verdict}: {summary.bytes / dense:.4f} of dense (target <= {TARGET})")
+    return verdict({f"exported {summary.bytes / dense:.4f} of dense <= {TARGET}": summary.bytes <= TARGET * dense})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

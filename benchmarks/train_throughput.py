@@ -13,11 +13,13 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from _verdict import verdict
 from randsparse.train import apply_overrides, build_config, fit
 
 
@@ -40,7 +42,7 @@ def _config(model: str, images: int, batch: int, sparsity: float, distribution: 
     return build_config(apply_overrides(data, []))
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--images", type=int, default=2560, help="training images per epoch")
@@ -67,7 +69,8 @@ def main() -> None:
         f" runs: {', '.join(f'{r:.1f}' for r in rates['sparse'])})"
     )
     print(f"ratio sparse/dense: {sparse / dense:.3f}  (target >= 0.95)")
+    return verdict({"sparse/dense training speed >= 0.95": sparse / dense >= 0.95})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
