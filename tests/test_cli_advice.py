@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,31 @@ def test_train_missing_dataset_advice_is_a_flag_train_takes(tmp_path, capsys, em
     assert code == 0, err
     assert len(empty_world) == ONE_DOWNLOAD, "downloaded once"
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_eval_missing_dataset_advice_is_a_flag_eval_takes(tmp_path, capsys, empty_world) -> None:
+    run_dir = tmp_path / "run"
+    _FakeFashionMNIST(str(lookup.cache_dir()), train=True, download=True)  # files there before training
+    argv = ["train", "--config", str(_fmnist_config(tmp_path)), "--out", str(run_dir), "--quiet"]
+    assert run(argv, capsys)[0] == 0
+    shutil.rmtree(lookup.cache_dir())  # the dataset is gone by the time the run is evaluated
+    argv = ["eval", str(run_dir), "--no-calibration", "--format", "json"]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "not found" in err
+    code, _, err = run([*argv, _advised_flag(err)], capsys)
+    assert code == 0, err
+    assert len(empty_world) == 1 + ONE_DOWNLOAD
+
+
+def test_study_missing_dataset_advice_is_a_flag_study_takes(tmp_path, capsys, empty_world) -> None:
+    path = write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5]})
+    argv = ["study", str(path), "--out", str(tmp_path / "study"), "--executor", "sequential", "--quiet"]
+    argv += ["data.name=fashion_mnist", "data.options={}", "data.batch_size=16"]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "not found" in err
+    code, _, err = run([*argv, _advised_flag(err)], capsys)
+    assert code == 0, err
+    assert len(empty_world) == ONE_DOWNLOAD
 
 
 def test_train_nproc_refuses_a_missing_dataset_before_starting_any_process(
