@@ -74,6 +74,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     scores.add_argument("--download", action="store_true", help="let torchvision download a missing --data set")
     scores.add_argument("--score-batches", type=int, metavar="N", help="snip: batches whose gradients are averaged")
     scores.add_argument("--batch-size", type=int, metavar="N", help="snip, grasp: examples per batch (default 128)")
+    scores.add_argument(
+        "--score-reinit",
+        choices=("none", "xavier_normal"),
+        help="snip: redraw the scoring copy's weights first (xavier_normal: the paper's SNIP code; default none)",
+    )
     scores.add_argument("--input-size", type=int, metavar="N", help="synflow without --data: input height = width")
     io = parser.add_argument_group("mask files")
     io.add_argument("--masks", metavar="FILE", help="describe a saved mask file instead of drawing masks")
@@ -124,7 +129,12 @@ def _apply_dataset_info(args: argparse.Namespace) -> tuple[int, int, int]:
 
 def _score_inputs(args: argparse.Namespace, method: str | None, shape: tuple[int, ...] | None) -> dict[str, Any]:
     """Keyword arguments of `plan_sparsity` that feed the scorer `method` (none for shape-only rules)."""
-    flags = {"--score-batches": args.score_batches, "--batch-size": args.batch_size, "--input-size": args.input_size}
+    flags = {
+        "--score-batches": args.score_batches,
+        "--batch-size": args.batch_size,
+        "--input-size": args.input_size,
+        "--score-reinit": args.score_reinit,
+    }
     if method is None:
         given = [flag for flag, value in flags.items() if value is not None]
         if args.allow_collapse:
@@ -136,6 +146,7 @@ def _score_inputs(args: argparse.Namespace, method: str | None, shape: tuple[int
     for flag, option, value in (
         ("--score-batches", "num_batches", args.score_batches),
         ("--batch-size", "batch_size", args.batch_size),
+        ("--score-reinit", "reinit", args.score_reinit),
     ):
         if value is not None:
             if option not in scorer_options(method):
