@@ -365,7 +365,7 @@ def test_a_model_without_logits_cannot_be_scored_by_snip() -> None:
 
 
 def test_scorer_options_list_what_each_scorer_takes() -> None:
-    assert scorer_options("snip") == ["num_batches", "batch_size"]
+    assert scorer_options("snip") == ["num_batches", "batch_size", "reinit"]
     assert scorer_options("grasp") == ["temperature", "samples_per_class", "num_classes", "batch_size"]
     assert scorer_options("synflow") == ["density", "rounds"]
     assert scorer_options("magnitude") == []
