@@ -1,9 +1,16 @@
-"""The verdict line every benchmark ends with, and the exit status it implies (1 when a target is missed)."""
+"""The verdict of a benchmark script: one PASS/FAIL line and the exit status that goes with it."""
 
 from __future__ import annotations
 
 
-def verdict(ok: bool, what: str) -> int:
-    """Print ``PASS: what`` or ``FAIL: what``; return the exit status (0 met, 1 missed)."""
-    print(f"{'PASS' if ok else 'FAIL'}: {what}")
-    return 0 if ok else 1
+def verdict(targets: dict[str, bool]) -> int:
+    """Print ``PASS: ...`` when every target (description -> met) is met, else ``FAIL: <missed ones>``.
+
+    Returns the script's exit status: 0 on PASS, 1 on FAIL, so scripts and CI can act on it.
+    """
+    missed = [what for what, met in targets.items() if not met]
+    if missed:
+        print(f"FAIL: missed {'; '.join(missed)}")
+        return 1
+    print(f"PASS: {'; '.join(targets) or 'no target to check'}")
+    return 0

@@ -9,6 +9,7 @@ training needed. Prints the size with each mask encoding and the one `auto` pick
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -42,8 +43,8 @@ def main() -> int:
         summary = export_model(model, plan.masks, spec, Path(tmp) / "model.rsp")
     picked = Counter(layer.encoding for layer in summary.layers)
     print(f"exported, auto ({dict(picked)}):  {summary.bytes / 2**20:8.2f} MiB = {summary.bytes / dense:.4f} of dense")
-    return verdict(summary.bytes <= TARGET * dense, f"{summary.bytes / dense:.4f} of dense (target <= {TARGET})")
+    return verdict({f"exported {summary.bytes / dense:.4f} of dense <= {TARGET}": summary.bytes <= TARGET * dense})
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

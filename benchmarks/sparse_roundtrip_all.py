@@ -43,7 +43,7 @@ def main() -> int:
                 errors.append(relative_error(loaded(x), masked(x)))
         worst = max(worst, *errors)
         print(f"{name:18s} rel err at 0.5: {errors[0]:.1e}, at 0.95: {errors[1]:.1e}")
-    return verdict(worst <= TOLERANCE, f"worst relative error {worst:.1e} (tolerance {TOLERANCE})")
+    return verdict({f"worst relative error {worst:.1e} <= {TOLERANCE}": worst <= TOLERANCE})
 
 
 if __name__ == "__main__":

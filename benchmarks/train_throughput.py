@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -67,8 +68,9 @@ def main() -> int:
         f"sparse training: {sparse:7.1f} images/s  (sparsity {args.sparsity}, {args.distribution};"
         f" runs: {', '.join(f'{r:.1f}' for r in rates['sparse'])})"
     )
-    return verdict(sparse >= 0.95 * dense, f"ratio sparse/dense {sparse / dense:.3f} (target >= 0.95)")
+    print(f"ratio sparse/dense: {sparse / dense:.3f}  (target >= 0.95)")
+    return verdict({"sparse/dense training speed >= 0.95": sparse / dense >= 0.95})
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -333,6 +333,15 @@ def test_plan_scores_on_data_taking_classes_and_channels_from_the_dataset(flags:
     assert abs(data["total"]["kept"] - 0.2 * data["total"]["params"]) <= 1
 
 
+def test_plan_snip_can_score_a_xavier_normal_redraw_as_the_papers_code(capsys) -> None:
+    argv = [*_SMALL, "--sparsity", "0.8", "--data", "synthetic", "--distribution", "snip_ratio", "--batch-size", "16"]
+    own = plan_json(argv, capsys)
+    redrawn = plan_json([*argv, "--score-reinit", "xavier_normal"], capsys)
+    assert plan_json([*argv, "--score-reinit", "xavier_normal"], capsys) == redrawn
+    assert [x["kept"] for x in redrawn["layers"]] != [x["kept"] for x in own["layers"]]
+    assert plan_json([*argv, "--score-reinit", "none"], capsys) == own
+
+
 def test_plan_synflow_ratio_needs_only_the_input_size(capsys) -> None:
     data = plan_json([*_SMALL, "--sparsity", "0.9", "--distribution", "synflow_ratio", "--input-size", "8"], capsys)
     assert abs(data["total"]["kept"] - 0.1 * data["total"]["params"]) <= 1
@@ -355,6 +364,8 @@ SCORE_BAD_INPUTS = {
     "prune_with_another_distribution": (["--prune", "snip", "--distribution", "erk"], "--distribution erk"),
     "score_batches_with_erk": (["--score-batches", "2"], "--score-batches"),
     "allow_collapse_with_erk": (["--allow-collapse"], "--allow-collapse"),
+    "score_reinit_with_erk": (["--score-reinit", "xavier_normal"], "--score-reinit"),
+    "score_reinit_with_grasp": (["--prune", "grasp", "--data", "synthetic", "--score-reinit", "none"], "grasp"),
     "score_batches_with_grasp": (["--prune", "grasp", "--data", "synthetic", "--score-batches", "2"], "grasp"),
     "synflow_without_input_shape": (["--distribution", "synflow_ratio"], "input shape"),
     "num_classes_against_the_data": (["--data", "synthetic", "--num-classes", "100"], "--num-classes 100"),

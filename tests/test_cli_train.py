@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -119,7 +120,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path) -> None:
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
     state = load_checkpoint(run / "checkpoints/last.pt")
     assert state["progress"]["global_step"] > 20, "the checkpoint is taken when Ctrl-C arrives"
-    resumed = _run("--resume", str(run), "--quiet")
+    advised = shlex.split(err.split("continue with: ", 1)[1].strip())  # the advice is run as given
+    assert advised[:3] == ["randsparse", "train", "--resume"], err
+    resumed = _run(*advised[2:], "--quiet")
     assert resumed.returncode == 0, resumed.stderr
 
 

@@ -1,4 +1,4 @@
-"""Atomic writes: a reader sees the old file or the new one, never a torn one."""
+"""Atomic writes (a reader sees the old file or the new one, never a torn one) and config file reading."""
 
 from __future__ import annotations
 
@@ -140,3 +140,25 @@ def test_check_output_path_allows_new_files_and_same_kind_only(tmp_path) -> None
         check_output_path(tmp_path / "plain.pt", "masks")
     with pytest.raises(ConfigError, match="directory"):
         check_output_path(tmp_path, "masks")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "where", "problem"),
+    [
+        ("unclosed.yaml", 'model:\n  name: "small_cnn\n', ":3:1:", "quoted scalar (which starts at {path}:2:9)"),
+        ("indent.yaml", "model:\n  name: a\n bad: b\n", ":3:2:", "expected <block end>"),
+        ("tab.yaml", "a: 1\n\tb: 2\n", ":2:1:", "found character '\\t'"),
+        ("broken.json", '{"a": 1,\n "b": }\n', ":2:7:", "Expecting value"),
+    ],
+)
+def test_a_syntax_error_names_the_file_line_and_column(tmp_path, name, text, where, problem) -> None:
+    """The one-line error says where the mistake is (FILE:LINE:COLUMN, 1-based), so the user can go there."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        read_mapping(path, "config")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"{path}{where}" in message and problem.format(path=path) in message, message
+    line, column = (int(n) for n in where.strip(":").split(":"))
+    assert len(text.split("\n")[line - 1]) >= column - 1, "the location lies inside the file (or at its end)"

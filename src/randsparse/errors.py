@@ -58,6 +58,24 @@ def first_line(exc: BaseException, empty: str = "") -> str:
     return f"{type(exc).__name__}{f' ({empty})' if empty else ''}"
 
 
+def parse_error_text(exc: BaseException, path: str) -> str:
+    """One line locating a YAML or JSON syntax error: ``FILE:LINE:COLUMN: problem`` (1-based, as compilers print).
+
+    `exc` is a `yaml.MarkedYAMLError` or a `json.JSONDecodeError`; any other error gives
+    ``FILE: first line of its message``.
+    """
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)  # YAML
+    if mark is not None:
+        problem = " ".join(str(p) for p in (getattr(exc, "problem", None), getattr(exc, "context", None)) if p)
+        start = getattr(exc, "context_mark", None)
+        if start is not None and (start.line, start.column) != (mark.line, mark.column):
+            problem += f" (which starts at {path}:{start.line + 1}:{start.column + 1})"
+        return f"{path}:{mark.line + 1}:{mark.column + 1}: {problem or first_line(exc)}"
+    if isinstance(getattr(exc, "lineno", None), int) and isinstance(getattr(exc, "colno", None), int):  # JSON
+        return f"{path}:{exc.lineno}:{exc.colno}: {getattr(exc, 'msg', first_line(exc))}"
+    return f"{path}: {first_line(exc)}"
+
+
 def validation_message(error: Any, what: str) -> str:
     """One line naming every problem of a pydantic `ValidationError`: ``invalid <what>: key: problem; ...``."""
     problems = []

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import yaml
 
-from randsparse.errors import ConfigError, FileFormatError, first_line
+from randsparse.errors import ConfigError, FileFormatError, first_line, parse_error_text
 
 MAX_DEPTH = 64  # nesting of a YAML/JSON file randsparse reads (configs need about 5)
 MAX_NODES = 1_000_000  # values in one YAML/JSON file once aliases are expanded
@@ -269,7 +269,7 @@ def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
         else:
             data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except (ValueError, yaml.YAMLError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else first_line(exc)
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else parse_error_text(exc, str(path))
         raise MappingFileError(f"cannot parse {label}: {reason}") from None
     if data is None:
         return {}

@@ -64,6 +64,28 @@ def test_snip_averages_the_gradient_over_the_requested_number_of_batches() -> No
     torch.testing.assert_close(scores["weight"], _snip_by_hand(layer, batches[:2]), rtol=1e-12, atol=1e-14)
 
 
+def test_snip_reinit_xavier_normal_scores_a_redrawn_copy_reproducibly() -> None:
+    """The paper's SNIP code redraws the scoring copy from Xavier-normal: the scores then depend on
+    the seed, not on the model's own weights, and the model itself is left untouched."""
+    x, y = _labelled(8, (4,), 3)
+    first, second = _init_(nn.Linear(4, 3), 0), _init_(nn.Linear(4, 3), 1)
+    with torch.no_grad():
+        second.bias.copy_(first.bias)
+    before = first.weight.detach().clone()
+    redrawn = compute_scores("snip", first, (x, y), seed=5, reinit="xavier_normal")
+    torch.testing.assert_close(redrawn, compute_scores("snip", second, (x, y), seed=5, reinit="xavier_normal"))
+    assert torch.equal(first.weight, before)
+    assert not torch.equal(redrawn["weight"], compute_scores("snip", first, (x, y), seed=5)["weight"])
+    assert not torch.equal(
+        redrawn["weight"], compute_scores("snip", first, (x, y), seed=6, reinit="xavier_normal")["weight"]
+    )
+    assert compute_scores("snip", first, (x, y), reinit="none")["weight"].equal(
+        compute_scores("snip", first, (x, y))["weight"]
+    )
+    with pytest.raises(ConfigError, match="reinit must be one of none, xavier_normal"):
+        compute_scores("snip", first, (x, y), reinit="kaiming")
+
+
 def test_snip_warns_when_the_data_holds_fewer_batches_than_asked(caplog) -> None:
     layer = _init_(nn.Linear(4, 3), 2)
     with caplog.at_level(logging.WARNING):
@@ -343,7 +365,7 @@ def test_a_model_without_logits_cannot_be_scored_by_snip() -> None:
 
 
 def test_scorer_options_list_what_each_scorer_takes() -> None:
-    assert scorer_options("snip") == ["num_batches", "batch_size"]
+    assert scorer_options("snip") == ["num_batches", "batch_size", "reinit"]
     assert scorer_options("grasp") == ["temperature", "samples_per_class", "num_classes", "batch_size"]
     assert scorer_options("synflow") == ["density", "rounds"]
     assert scorer_options("magnitude") == []

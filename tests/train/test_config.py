@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,44 @@ def test_paper_imagenet_preset_has_the_papers_recipe() -> None:
     assert (config.epochs, config.data.batch_size, config.optim.lr) == (100, 192, 0.4)
     assert (config.schedule.warmup_epochs, config.optim.label_smoothing, config.optim.weight_decay) == (5, 0.1, 1e-4)
     assert config.schedule.milestones == [30, 60, 90]
+    # Table 1 is silent on these; the paper's ImageNet code sets them (and the preset's header says so)
+    assert (config.optim.momentum, config.optim.nesterov, config.schedule.warmup_per) == (0.9, False, "epoch")
+    assert (config.optim.no_decay_norm, config.optim.no_decay_norm_and_bias, config.amp) == (True, False, False)
+    header = (ROOT / "configs/paper/imagenet-wrn50.yaml").read_text().split("\nmodel:")[0]
+    for advice in ("schedule.milestones=[30,60,80]", "amp=true", "amp_dtype=fp16", "loss_scale=1"):
+        assert advice in header
+    code_run = load_config(
+        ROOT / "configs/paper/imagenet-wrn50.yaml",
+        ["schedule.milestones=[30,60,80]", "amp=true", "amp_dtype=fp16", "loss_scale=1"],
+    )
+    assert (code_run.amp_dtype, code_run.loss_scale, code_run.schedule.milestones) == ("fp16", 1.0, [30, 60, 80])
+    assert config_hash(code_run) != config_hash(config)
+
+
+def test_options_added_later_leave_identities_unchanged_at_their_default() -> None:
+    """optim.no_decay_norm, schedule.warmup_per, amp_dtype and loss_scale came after runs were stored:
+    at their defaults a config keeps the identity it had before them (hash computed then)."""
+    assert config_hash(build_config(BASE)) == "0211678173b0721f"
+    assert config_hash(load_config(ROOT / "configs/paper/cifar10-resnet.yaml")) == "ede4d50506583d6f"
+    for changed in ("optim.no_decay_norm=true", "schedule.warmup_per=epoch"):
+        assert config_hash(build_config(apply_overrides(BASE, [changed]))) != "0211678173b0721f", changed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["amp_dtype=fp16"], "amp_dtype=fp16 needs amp=true"),
+        (["amp=true", "loss_scale=128"], "a static loss_scale needs amp=true amp_dtype=fp16"),
+        (["amp=true", "amp_dtype=bf16", "loss_scale=128"], "a static loss_scale needs"),
+        (["amp=true", "amp_dtype=fp16", "loss_scale=0"], "loss_scale"),
+        (["amp=true", "amp_dtype=fp8"], "amp_dtype"),
+        (["schedule.warmup_per=epoch", "schedule.warmup_epochs=1.5"], "warmup_per=epoch needs whole warmup_epochs"),
+        (["schedule.warmup_per=batch"], "warmup_per"),
+    ],
+)
+def test_precision_and_warmup_options_are_validated(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config(apply_overrides(BASE, overrides))
 
 
 def test_dense_runs_share_one_identity_whatever_their_rule() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from randsparse.cli import build_parser
 from randsparse.cli import main as cli_main
 from randsparse.cli.train import add_parser, torchrun_command
 from randsparse.errors import ConfigError, MaskMismatchError, RandsparseError, UnknownNameError
@@ -35,6 +37,7 @@ from randsparse.train.distributed import (
     is_communication_failure,
     launch_from_env,
     mask_checksum,
+    resume_command,
     with_world_size,
 )
 from randsparse.train.loop import EpochBatchSampler, EpochSampler
@@ -496,3 +499,13 @@ def test_a_worker_exits_with_its_code_and_flushed_output_but_without_interpreter
     assert failed.returncode == 2
     assert failed.stderr.startswith("randsparse train: error:") and "missing.yaml" in failed.stderr
     assert "interpreter teardown ran" not in failed.stdout
+
+
+def test_the_resume_advice_names_the_processes_the_run_had() -> None:
+    """A run stopped on 2 processes resumes on 2 (the --nproc shortcut on one machine)."""
+    one_machine = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    assert resume_command("runs/a b", 1, {}) == "randsparse train --resume 'runs/a b'"
+    assert resume_command("runs/x", 2, one_machine) == "randsparse train --resume runs/x --nproc 2"
+    args = build_parser().parse_args(shlex.split(resume_command("runs/x", 2, one_machine))[1:])
+    assert (args.resume, args.nproc) == ("runs/x", 2)
+    assert "torchrun on the same 4 processes" in resume_command("runs/x", 4, {"LOCAL_WORLD_SIZE": "2"})

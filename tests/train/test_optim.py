@@ -97,3 +97,28 @@ def test_constant_schedule() -> None:
 
 def test_loss_has_label_smoothing() -> None:
     assert build_loss(OptimConfig(label_smoothing=0.1)).label_smoothing == 0.1
+
+
+def test_norm_parameters_alone_can_be_exempt_from_weight_decay() -> None:
+    """The paper's ImageNet code: batch-norm parameters skip weight decay, the classifier's bias keeps it."""
+    model = _net()
+    optimizer = build_optimizer(model, OptimConfig(weight_decay=1e-4, no_decay_norm=True))
+    decayed, exempt = optimizer.param_groups
+    assert {id(p) for p in exempt["params"]} == {id(model[1].weight), id(model[1].bias)}
+    assert {id(p) for p in decayed["params"]} == {
+        id(model[0].weight),
+        id(model[0].bias),
+        id(model[3].weight),
+        id(model[3].bias),
+    }
+    assert exempt["weight_decay"] == 0.0 and decayed["weight_decay"] == 1e-4
+
+
+def test_warmup_per_epoch_holds_each_warmup_epochs_lr_as_the_papers_imagenet_code() -> None:
+    """lr x (e + 1) / (W + 1) for the whole of warm-up epoch e < W, then the schedule."""
+    lrs = _lrs(ScheduleConfig(name="multistep", milestones=[5], warmup_epochs=3, warmup_per="epoch"))
+    for epoch, factor in enumerate([1 / 4, 2 / 4, 3 / 4, 1.0]):
+        assert lrs[epoch * 10 : epoch * 10 + 10] == pytest.approx([0.1 * factor] * 10), epoch
+    assert lrs[50] == pytest.approx(0.01)
+    per_step = _lrs(ScheduleConfig(name="multistep", milestones=[5], warmup_epochs=3))
+    assert per_step[:30] != lrs[:30] and per_step[30:] == pytest.approx(lrs[30:])

@@ -67,7 +67,7 @@ def _short_hint(name: str) -> str:
         return ""
     ways = [f"apt-get install {entry.package}"] if entry.package else []
     if entry.download is not None:
-        ways.append("--download")
+        ways.append("--download (train, plan, eval, study)")
     if not ways:
         ways.append(entry.how_to_get)
     return "not found: " + " or ".join(ways)

@@ -79,6 +79,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--data", metavar="NAME", help="dataset to score on (snip, grasp); also sets --num-classes and --in-channels"
     )
     scores.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
+    scores.add_argument("--download", action="store_true", help="let torchvision download a missing --data set")
     scores.add_argument(
         "--score-batches",
         type=flag_number(int, ge=1, le=MAX_REPEATS),
@@ -90,6 +91,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         type=flag_number(int, ge=1, le=MAX_BATCH),
         metavar="N",
         help=f"snip, grasp: examples per batch (default 128, at most {MAX_BATCH})",
+    )
+    scores.add_argument(
+        "--score-reinit",
+        choices=("none", "xavier_normal"),
+        help="snip: redraw the scoring copy's weights first (xavier_normal: the paper's SNIP code; default none)",
     )
     scores.add_argument(
         "--input-size",
@@ -150,7 +156,12 @@ def _apply_dataset_info(args: argparse.Namespace) -> tuple[int, int, int]:
 
 def _score_inputs(args: argparse.Namespace, method: str | None, shape: tuple[int, ...] | None) -> dict[str, Any]:
     """Keyword arguments of `plan_sparsity` that feed the scorer `method` (none for shape-only rules)."""
-    flags = {"--score-batches": args.score_batches, "--batch-size": args.batch_size, "--input-size": args.input_size}
+    flags = {
+        "--score-batches": args.score_batches,
+        "--batch-size": args.batch_size,
+        "--input-size": args.input_size,
+        "--score-reinit": args.score_reinit,
+    }
     if method is None:
         given = [flag for flag, value in flags.items() if value is not None]
         if args.allow_collapse:
@@ -162,6 +173,7 @@ def _score_inputs(args: argparse.Namespace, method: str | None, shape: tuple[int
     for flag, option, value in (
         ("--score-batches", "num_batches", args.score_batches),
         ("--batch-size", "batch_size", args.batch_size),
+        ("--score-reinit", "reinit", args.score_reinit),
     ):
         if value is not None:
             if option not in scorer_options(method):
@@ -169,7 +181,9 @@ def _score_inputs(args: argparse.Namespace, method: str | None, shape: tuple[int
             options[option] = value
     inputs: dict[str, Any] = {"score_options": options}
     if args.data is not None:
-        inputs["data"] = datasets.build(args.data, root=args.data_dir, split="train", augment=False)
+        inputs["data"] = datasets.build(
+            args.data, root=args.data_dir, split="train", download=args.download, augment=False
+        )
     elif scorer_needs_data(method):
         raise ConfigError(f"{method} scores are computed on data: add --data NAME (see `randsparse data list`)")
     if args.input_size is not None:

@@ -48,6 +48,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="ray: GPUs each run reserves (default 0)",
     )
     parser.add_argument("--retry-failed", action="store_true", help="run failed and diverged runs again")
+    parser.add_argument(
+        "--rebind",
+        action="store_true",
+        help="let STUDY_DIR take another run set (changed grid or overrides); runs left out keep their results",
+    )
     parser.add_argument("--data-dir", metavar="DIR", help="where the dataset files are (sets data.root)")
     parser.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
@@ -97,6 +102,7 @@ def _run_study(args: argparse.Namespace, console: Console) -> int:
             args.retry_failed,
             args.address,
             on_progress=show,
+            rebind=args.rebind,
             **resources,
         )
     counts = final.counts

@@ -24,6 +24,7 @@ from randsparse.train import Interrupted, RunDir, TrainConfig, apply_overrides, 
 from randsparse.train.config import read_yaml
 from randsparse.train.distributed import launch_from_env, with_world_size
 from randsparse.train.identity import run_ids
+from randsparse.train.loop import check_before_launch
 
 EXIT_DIVERGED = 1
 
@@ -43,6 +44,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<data>-<...>-<hash>)")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     parser.add_argument("--data-dir", metavar="DIR", help="where the dataset files are (sets data.root)")
+    parser.add_argument(
+        "--download", action="store_true", help="let torchvision download missing datasets (sets data.download)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
     parser.add_argument("--format", choices=("text", "json"), default="text", help="how to print the summary")
     parser.add_argument(
@@ -68,6 +72,8 @@ def _resolve(args: argparse.Namespace, world_size: int) -> tuple[TrainConfig, Pa
     overrides = list(args.overrides)
     if args.data_dir is not None:
         overrides.append(f"data.root={args.data_dir}")
+    if args.download:
+        overrides.append("data.download=true")
     if args.resume is not None:
         run = RunDir(args.resume)
         if args.out is not None and Path(args.out) != Path(args.resume):
@@ -101,6 +107,8 @@ def torchrun_command(nproc: int, args: argparse.Namespace) -> list[str]:
             forwarded += [flag, value]
     if args.data_dir is not None:
         forwarded += ["--data-dir", args.data_dir]
+    if args.download:
+        forwarded.append("--download")
     if args.quiet:
         forwarded.append("--quiet")
     forwarded += ["--format", args.format, *args.overrides]
@@ -119,6 +127,7 @@ def _run_train(args: argparse.Namespace, console: Console) -> int:
     config, out, resume = _resolve(args, max(nproc, launch.world_size))  # refuse a bad config before launching
     _setup_logging(args.quiet, main=launch.rank == 0)
     if nproc > 1:
+        check_before_launch(config, out, resume=resume)  # one line here, not one buried in each process
         command = torchrun_command(nproc, args)
         logging.getLogger("randsparse").info("starting %d processes: %s", nproc, shlex.join(command))
         sys.stdout.flush()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from randsparse import data as datasets
+from randsparse.errors import ConfigError
 from randsparse.experiments.executors import Executor, Outcome, make_executor, run_dir_of
 from randsparse.experiments.store import FINISHED, ResultsStore, owner_id
 from randsparse.experiments.study import RunSpec, StudyConfig, expand
@@ -47,12 +48,17 @@ def open_store(study_dir: str | Path, create: bool = True) -> ResultsStore:
 
 
 def prepare(
-    study: StudyConfig, base: dict[str, Any], study_dir: str | Path, retry_failed: bool = False
+    study: StudyConfig, base: dict[str, Any], study_dir: str | Path, retry_failed: bool = False, rebind: bool = False
 ) -> tuple[ResultsStore, list[RunSpec]]:
-    """Expand the study and make its store hold exactly its runs (new ones pending)."""
+    """Expand the study and make its store hold exactly its runs (new ones pending).
+
+    A study directory is bound to the run set it was first run with: another set (a changed grid
+    or overrides that change run identities) raises `ConfigError` before anything is written,
+    unless `rebind` (then runs no longer in the set are kept, with their results, out of the study).
+    """
+    specs = _expand_known(study, base, study_dir)
+    _check_binding(Path(study_dir), [s.id for s in specs], rebind)
     store = open_store(study_dir)
-    known = {row.id for row in store.rows(include_old=True)}
-    specs = [spec.known_as(known) for spec in expand(study, base)]  # runs of older releases keep their ids
     store.sync(
         [(s.id, s.config.model_dump(mode="json"), s.point) for s in specs],
         {**study.model_dump(mode="json"), "resolved_base": base},
@@ -61,6 +67,28 @@ def prepare(
     if retry_failed:
         log.info("re-queued %d failed or diverged run(s)", store.retry())
     return store, specs
+
+
+def _expand_known(study: StudyConfig, base: dict[str, Any], study_dir: str | Path) -> list[RunSpec]:
+    """The study's runs, each under the id an existing store knows it by (runs of older releases keep theirs)."""
+    specs = expand(study, base)
+    if not (Path(study_dir) / STORE_NAME).is_file():
+        return specs
+    known = {row.id for row in open_store(study_dir).rows(include_old=True)}
+    return [spec.known_as(known) for spec in specs]
+
+
+def _check_binding(study_dir: Path, ids: list[str], rebind: bool) -> None:
+    if rebind or not (study_dir / STORE_NAME).is_file():
+        return
+    bound = {row.id for row in open_store(study_dir).rows()}
+    if bound and bound != set(ids):
+        added, dropped = len(set(ids) - bound), len(bound - set(ids))
+        raise ConfigError(
+            f"{str(study_dir)!r} holds another run set of this study ({added} run(s) would be added, {dropped}"
+            " set aside: the grid or the overrides changed); choose another --out, or pass --rebind to make"
+            " this directory hold the new set (finished runs keep their results)"
+        )
 
 
 def check_data(specs: list[RunSpec]) -> None:
@@ -88,6 +116,7 @@ def run_study(
     address: str | None = None,
     on_progress: Callable[[StudyStatus], None] | None = None,
     heartbeat_seconds: float = 15.0,
+    rebind: bool = False,
     **executor_options: Any,
 ) -> StudyStatus:
     """Run every pending run of the study; returns the final counts. Safe to call again to resume.
@@ -95,13 +124,15 @@ def run_study(
     Everything that can refuse the study (its runs' configs, the executor's options, the datasets)
     is checked before the store is created or changed. The study ends only when none of its runs is
     pending or running: runs another driver holds are waited for, and taken over if that driver dies.
+    `rebind` lets `study_dir` take another run set than the one it holds (see `prepare`).
     """
-    specs = expand(study, base)
+    specs = _expand_known(study, base, study_dir)
+    _check_binding(Path(study_dir), [s.id for s in specs], rebind)
     settled = _settled_ids(study_dir, retry_failed)
     check_data([s for s in specs if s.id not in settled])
     engine: Executor = make_executor(executor, workers=workers, address=address, **executor_options)
     try:
-        return _drive(study, base, study_dir, engine, retry_failed, on_progress, heartbeat_seconds)
+        return _drive(study, base, study_dir, engine, retry_failed, rebind, on_progress, heartbeat_seconds)
     finally:
         engine.shutdown()
 
@@ -120,11 +151,12 @@ def _drive(
     study_dir: str | Path,
     engine: Executor,
     retry_failed: bool,
+    rebind: bool,
     on_progress: Callable[[StudyStatus], None] | None,
     heartbeat_seconds: float,
 ) -> StudyStatus:
     """The driver loop: claim, submit, record, heartbeat, until no run is pending or running."""
-    store, _ = prepare(study, base, study_dir, retry_failed)
+    store, _ = prepare(study, base, study_dir, retry_failed, rebind)
     owner = owner_id()
     in_flight: dict[Any, str] = {}
     durations: list[float] = []

@@ -304,8 +304,8 @@ _METADATA_TYPES: dict[str, tuple[type, ...]] = {
     "sampling": (str,),
     "sparsity": (int, float),
     "seed": (int,),
-    "include": (list,),
-    "exclude": (list,),
+    "include": (str,),
+    "exclude": (str,),
 }
 
 

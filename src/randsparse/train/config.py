@@ -12,7 +12,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
@@ -204,6 +204,9 @@ class OptimConfig(_Section):
     no_decay_norm_and_bias: bool = Field(
         default=False, description="exempt normalisation weights and biases from weight decay"
     )
+    no_decay_norm: bool = Field(
+        default=False, description="exempt normalisation weights and biases only (the paper's ImageNet code)"
+    )
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
         default=(0.9, 0.999), strict=False, description="adam, adamw only: two numbers in [0, 1)"
     )
@@ -241,8 +244,17 @@ class ScheduleConfig(_Section):
     warmup_epochs: float = Field(
         default=0.0, ge=0, description="linear warm-up from ~0 to lr (constant, multistep, cosine)"
     )
+    warmup_per: Literal["step", "epoch"] = Field(
+        default="step", description="warm-up raises lr every step, or once per epoch (the paper's ImageNet code)"
+    )
     min_lr: float = Field(default=0.0, ge=0, description="cosine: final learning rate")
     pct_start: float = Field(default=0.3, gt=0, lt=1, description="onecycle: fraction of steps spent rising")
+
+    @model_validator(mode="after")
+    def _whole_warmup_epochs(self) -> ScheduleConfig:
+        if self.warmup_per == "epoch" and not float(self.warmup_epochs).is_integer():
+            raise ValueError(f"warmup_per=epoch needs whole warmup_epochs, got {self.warmup_epochs:g}")
+        return self
 
     @field_validator("milestones")
     @classmethod
@@ -301,6 +313,12 @@ class TrainConfig(_Section):
     )
     device: str = Field(default="auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     amp: bool = Field(default=False, description="mixed precision (bfloat16/float16 autocast) on CUDA")
+    amp_dtype: Literal["auto", "bf16", "fp16"] = Field(
+        default="auto", description="autocast dtype of amp; auto: bf16 where the GPU has it, else fp16"
+    )
+    loss_scale: Literal["dynamic"] | Annotated[float, Field(gt=0)] = Field(
+        default="dynamic", description="fp16 loss scaling: dynamic, or a static scale (the paper's ImageNet code)"
+    )
     deterministic: bool = Field(default=False, description="deterministic algorithms: bit-exact reruns")
     checkpoint_every_steps: int | None = Field(
         default=None, ge=1, le=INT64_MAX, description="also checkpoint every N steps (an int64)"
@@ -340,6 +358,14 @@ class TrainConfig(_Section):
             except (RuntimeError, ValueError):
                 raise ValueError(f"not a device: {value!r} (auto, cpu, cuda, cuda:N, mps)") from None
         return value
+
+    @model_validator(mode="after")
+    def _precision_options_need_amp(self) -> TrainConfig:
+        if self.amp_dtype != "auto" and not self.amp:
+            raise ValueError(f"amp_dtype={self.amp_dtype} needs amp=true")
+        if self.loss_scale != "dynamic" and self.amp_dtype != "fp16":
+            raise ValueError("a static loss_scale needs amp=true amp_dtype=fp16 (bf16 needs no loss scaling)")
+        return self
 
     @model_validator(mode="after")
     def _schedule_fits_the_run(self) -> TrainConfig:

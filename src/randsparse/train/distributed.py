@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import re
+import shlex
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +82,21 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch:
     if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
         raise ConfigError(f"inconsistent launch: RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank}")
     return Launch(rank, world_size, local_rank)
+
+
+def resume_command(run_dir: str | os.PathLike[str], world_size: int, env: Mapping[str, str] | None = None) -> str:
+    """The command that continues the run in `run_dir` on as many processes as it ran on.
+
+    One process: ``randsparse train --resume DIR``; several on one machine (``--nproc`` or a
+    single-node torchrun): ``... --nproc N``; several machines: the same torchrun launch of it.
+    """
+    command = f"randsparse train --resume {shlex.quote(str(run_dir))}"
+    if world_size <= 1:
+        return command
+    env = os.environ if env is None else env
+    if env.get("LOCAL_WORLD_SIZE", str(world_size)) == str(world_size):
+        return f"{command} --nproc {world_size}"
+    return f"{command}, launched by torchrun on the same {world_size} processes"
 
 
 def with_world_size(config: TrainConfig, world_size: int) -> TrainConfig:

@@ -31,12 +31,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from randsparse import __version__
-from randsparse.data import SeededIndices, build_ood
+from randsparse.data import SeededIndices, build_ood, dataset_info
+from randsparse.data import build as build_dataset
 from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError, RandsparseError
 from randsparse.evaluate.complexity import count_flops, count_params
 from randsparse.evaluate.trained import evaluate_trained
 from randsparse.models import ModelSpec
 from randsparse.sparsity import MaskSet, attach, masks_from_model, prunable_shapes
+from randsparse.train import precision
 from randsparse.train.checkpoint import (
     Progress,
     load_checkpoint,
@@ -50,6 +52,7 @@ from randsparse.train.distributed import (
     Distributed,
     model_state_tensors,
     persistent_buffers,
+    resume_command,
     session,
     with_world_size,
 )
@@ -306,19 +309,11 @@ class _Run:
             self.files.save_checkpoint(path, self.checkpoint_payload(rank_rng))
 
 
-def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if not config.amp:
-        return None
-    if device.type != "cuda":
-        raise ConfigError(f"amp needs a CUDA device, but this run is on {device.type}; set amp=false")
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def _prepare(
     config: TrainConfig, run_dir: RunDir, model: nn.Module, masks: MaskSet | None, steps: int, dist: Distributed
 ) -> _Run:
     device = dist.device
-    amp_dtype = _amp_dtype(config, device)
+    amp_dtype = precision.amp_dtype(config, device)
     if config.distributed.sync_batchnorm and dist.active:
         if device.type != "cuda":
             raise ConfigError("distributed.sync_batchnorm needs CUDA (SyncBatchNorm does not run on the CPU)")
@@ -329,7 +324,7 @@ def _prepare(
         attach(model, masks, optimizer)
     dist.check_masks(masks_from_model(model))  # what each rank enforces, not what it was sent
     scheduler = build_scheduler(optimizer, config.schedule, steps, config.epochs, config.optim.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = precision.build_scaler(config, device, amp_dtype)
     return _Run(
         config,
         run_dir,
@@ -456,8 +451,8 @@ def _train_epoch(run: _Run, loader: DataLoader, epoch: int, stop: dict[str, str]
             if stopping:
                 raise Interrupted(
                     f"stopped by {stop.get('signal', 'a signal to another process')} at epoch {epoch + 1}, step"
-                    f" {progress.global_step}; checkpoint saved; continue with: randsparse train --resume"
-                    f" {run.run_dir.path}"
+                    f" {progress.global_step}; checkpoint saved; continue with:"
+                    f" {resume_command(run.run_dir.path, run.dist.world_size)}"
                 )
     progress.partial = {}
     seconds = time.perf_counter() - started
@@ -509,6 +504,21 @@ def _starting_state(run_dir: RunDir, resume: bool, config: TrainConfig) -> dict[
     if resume:
         raise FileFormatError(f"nothing to resume in {str(run_dir.path)!r}: no checkpoints/last.pt")
     return None
+
+
+def check_before_launch(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> None:
+    """Refuse once, before any process of a multi-process run starts, what each process would refuse.
+
+    Checks the run directory, the dataset (downloading it here, once, when `data.download` allows),
+    the OOD sets of the evaluation and whether the model takes the dataset's input; raises the
+    `RandsparseError` `fit` would raise. Used by ``randsparse train --nproc N`` before torchrun.
+    """
+    _starting_state(RunDir(out_dir), resume, config)
+    data = config.data
+    build_dataset(data.name, split="test", root=data.root, download=data.download, **data.options)
+    info = dataset_info(data.name, root=data.root, **data.options)
+    check_model_input(build_model(config.model, info), info.shape, config.model.name)
+    _check_eval_data(config, info)
 
 
 def _draw_masks_on_main(

@@ -21,8 +21,13 @@ from randsparse.train.config import OptimConfig, ScheduleConfig
 
 
 def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
-    """Trainable parameters, split so normalisation weights and biases skip weight decay if asked."""
-    if not config.no_decay_norm_and_bias:
+    """Trainable parameters, split so normalisation weights and biases skip weight decay if asked.
+
+    `no_decay_norm_and_bias` exempts the parameters of normalisation layers, every bias and every
+    other vector; `no_decay_norm` exempts the parameters of normalisation layers only (the paper's
+    ImageNet code: its ``bn`` parameters, while the classifier's bias keeps its decay).
+    """
+    if not (config.no_decay_norm_and_bias or config.no_decay_norm):
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
     decay, no_decay, seen = [], [], set()
     for module in model.modules():
@@ -30,7 +35,9 @@ def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            exempt = isinstance(module, NORM_TYPES) or name == "bias" or param.ndim <= 1
+            exempt = isinstance(module, NORM_TYPES) or (
+                config.no_decay_norm_and_bias and (name == "bias" or param.ndim <= 1)
+            )
             (no_decay if exempt else decay).append(param)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -39,7 +46,15 @@ OptimizerFactory = Callable[[list[dict], OptimConfig], Optimizer]
 ScheduleFactory = Callable[[Optimizer, ScheduleConfig, int, int, float], LRScheduler]
 
 # `OptimConfig` options every optimizer honours (the loss and the loop read the last three).
-COMMON_OPTIM_OPTIONS = ("name", "lr", "weight_decay", "no_decay_norm_and_bias", "label_smoothing", "grad_clip")
+COMMON_OPTIM_OPTIONS = (
+    "name",
+    "lr",
+    "weight_decay",
+    "no_decay_norm_and_bias",
+    "no_decay_norm",
+    "label_smoothing",
+    "grad_clip",
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +142,10 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> Optimizer:
 class LRFactor:
     """Learning-rate multiplier at a given optimizer step: warm-up, then constant/multistep/cosine.
 
+    Warm-up over W epochs: per step, ``(step + 1) / (W x steps_per_epoch)``; per epoch, held for
+    the whole of epoch ``e < W`` at ``(e + 1) / (W + 1)``, as the paper's ImageNet code does
+    (VITA-Group/Random_Pruning, ``adjust_learning_rate``).
+
     A callable object rather than a lambda, so it pickles; it holds no state beyond the config, so
     the scheduler's step counter is all a checkpoint needs.
     """
@@ -141,6 +160,8 @@ class LRFactor:
     def __call__(self, step: int) -> float:
         cfg = self.config
         if step < self.warmup_steps:
+            if cfg.warmup_per == "epoch":
+                return (step // self.steps_per_epoch + 1) / (cfg.warmup_epochs + 1)
             return (step + 1) / self.warmup_steps
         if cfg.name == "multistep":
             epoch = step / self.steps_per_epoch
@@ -159,9 +180,9 @@ def _lambda_schedule(
 
 
 for _name, _options in (
-    ("constant", ("warmup_epochs",)),
-    ("multistep", ("warmup_epochs", "milestones", "gamma")),
-    ("cosine", ("warmup_epochs", "min_lr")),
+    ("constant", ("warmup_epochs", "warmup_per")),
+    ("multistep", ("warmup_epochs", "warmup_per", "milestones", "gamma")),
+    ("cosine", ("warmup_epochs", "warmup_per", "min_lr")),
 ):
     register_schedule(_name, options=_options)(_lambda_schedule)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from randsparse import __version__
-from randsparse.errors import ConfigError, FileFormatError
+from randsparse.errors import ConfigError, FileFormatError, parse_error_text
 from randsparse.storage import atomic_write_bytes, read_mapping
 from randsparse.train.config import TrainConfig, build_config, dump_config, read_yaml
 
@@ -116,6 +116,16 @@ class RunDir:
         if not self.summary_file.is_file():
             return {}
         return read_mapping(self.summary_file, "run summary")
+
+        try:
+            data = json.loads(self.summary_file.read_text())
+        except OSError as exc:
+            raise FileFormatError(f"cannot read {str(self.summary_file)!r}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise FileFormatError(f"cannot read {parse_error_text(exc, str(self.summary_file))}") from None
+        if not isinstance(data, dict):
+            raise FileFormatError(f"{str(self.summary_file)!r} does not hold a JSON object")
+        return data
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` atomically."""
