@@ -17,7 +17,7 @@ from randsparse.train.config import (
     load_config,
     parse_override,
 )
-from randsparse.train.identity import config_hash
+from randsparse.train.identity import config_hash, legacy_hash_v0
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"model": {"name": "small_cnn"}, "data": {"name": "synthetic"}}
@@ -195,11 +195,15 @@ def test_paper_imagenet_preset_has_the_papers_recipe() -> None:
 
 def test_options_added_later_leave_identities_unchanged_at_their_default() -> None:
     """optim.no_decay_norm, schedule.warmup_per, amp_dtype and loss_scale came after runs were stored:
-    at their defaults a config keeps the identity it had before them (hash computed then)."""
-    assert config_hash(build_config(BASE)) == "0211678173b0721f"
-    assert config_hash(load_config(ROOT / "configs/paper/cifar10-resnet.yaml")) == "ede4d50506583d6f"
+    at their defaults a config keeps the identity it had before them: its 0.1.0 id (hash computed
+    then) is still recognised, and the current id is the one without them."""
+    base = build_config(BASE)
+    assert legacy_hash_v0(base) == "0211678173b0721f"
+    assert legacy_hash_v0(load_config(ROOT / "configs/paper/cifar10-resnet.yaml")) == "ede4d50506583d6f"
     for changed in ("optim.no_decay_norm=true", "schedule.warmup_per=epoch"):
-        assert config_hash(build_config(apply_overrides(BASE, [changed]))) != "0211678173b0721f", changed
+        other = build_config(apply_overrides(BASE, [changed]))
+        assert config_hash(other) != config_hash(base), changed
+        assert legacy_hash_v0(other) is None, changed  # 0.1.0 could not have made this run
 
 
 @pytest.mark.parametrize(
