@@ -7,20 +7,18 @@ import torch
 from torch import nn
 
 from randsparse.sparsity.distributions import layer_densities
-from randsparse.sparsity.layer_types import NORM_TYPES, LayerGeometry, layer_geometry, shape_outputs
+from randsparse.sparsity.layer_types import (
+    NORM_TYPES,
+    WEIGHT_LAYER_TYPES,
+    LayerGeometry,
+    layer_geometry,
+    shape_outputs,
+)
 from randsparse.sparsity.layers import PrunableSelector, prunable_shapes
 from randsparse.sparsity.plan import plan_sparsity
 from randsparse.sparsity.selection import layer_floors, score_densities
 
-ALL_WEIGHT_TYPES = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
+ALL_WEIGHT_TYPES = WEIGHT_LAYER_TYPES  # Linear and every conv, transposed ones included
 
 
 @pytest.mark.parametrize(

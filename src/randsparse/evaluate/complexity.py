@@ -227,6 +227,8 @@ class _WeightUseCounter(TorchDispatchMode):
         super().__init__()
         self.names = dict(names)
         self.macs: dict[str, int] = {}
+        # Tensors tracked by id are kept alive for the pass, so no new tensor can reuse their id.
+        self._tracked: list[torch.Tensor] = []
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
@@ -242,6 +244,7 @@ class _WeightUseCounter(TorchDispatchMode):
             out.numel() == a.numel() for a in args if isinstance(a, torch.Tensor) and id(a) in self.names
         ):
             self.names[id(out)] = used[0]  # a view or same-sized copy of the weight stands for it
+            self._tracked.append(out)
         return out
 
 

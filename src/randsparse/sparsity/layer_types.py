@@ -1,4 +1,4 @@
-"""Layer-type groups (convs, transposed convs, norms, weight layers) and each weight layer's geometry.
+"""Layer-type groups (convs, norms, weight layers) and each weight layer's geometry.
 
 The one home of "which module types are convs / norms" and of how a weight's shape reads: a
 Conv weight is ``(out, in / groups, *kernel)``, a transposed conv's ``(in, out / groups, *kernel)``
@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-TRANSPOSED_CONV_TYPES: tuple[type[nn.Module], ...] = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 # Every module whose `weight` is a matrix of connections (conv of any kind, or Linear).
 WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
 # Modules whose weights are scale/shift vectors, never connections (BatchNorm, InstanceNorm, ...).
