@@ -193,11 +193,12 @@ def test_crafted_checkpoint_contents_are_one_line_errors(run_dir, tmp_path, chan
     [
         (lambda c: _scale_shape(c, -1), "non-negative"),
         (lambda c: _scale_shape(c, 1.0), "non-negative"),
-        (lambda c: c["metadata"].update(include="0.*"), "include"),
+        (lambda c: c["metadata"].update(include=["features"]), "include"),
+        (lambda c: c["metadata"].update(sparsity="ninety"), "sparsity"),
         (lambda c: c.update(metadata="a string"), "metadata"),
         (lambda c: c["randsparse_masks"].update(masks=[1, 2]), "corrupt"),
     ],
-    ids=["negative_shape", "float_shape", "string_include", "string_metadata", "list_masks"],
+    ids=["negative_shape", "float_shape", "list_include", "string_sparsity", "string_metadata", "list_masks"],
 )
 def test_crafted_mask_files_are_one_line_errors(tmp_path, edit, fragment, capsys) -> None:
     path = tmp_path / "masks.pt"

@@ -304,7 +304,7 @@ _METADATA_TYPES: dict[str, tuple[type, ...]] = {
     "sampling": (str,),
     "sparsity": (int, float),
     "seed": (int,),
-    "include": (str,),
+    "include": (str,),  # regexes of PrunableSelector
     "exclude": (str,),
 }
 
@@ -346,7 +346,5 @@ def _metadata_problem(metadata: Any) -> str | None:
         if value is None:
             continue
         if not isinstance(value, types) or isinstance(value, bool):
-            return f"{key!r} is a {type(value).__name__}"
-        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
-            return f"{key!r} is not a list of strings"
+            return f"{key!r} is a {type(value).__name__}, not {' or '.join(t.__name__ for t in types)}"
     return None
