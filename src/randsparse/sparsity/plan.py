@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from randsparse.errors import ConfigError, is_real
+from randsparse.seeding import seed_from
 from randsparse.sparsity.distributions import layer_densities
 from randsparse.sparsity.layers import PrunableSelector, prunable_shapes
-from randsparse.sparsity.masks import MaskSet, Sampling, seed_from
+from randsparse.sparsity.masks import MaskSet, Sampling
 from randsparse.sparsity.saliency import compute_scores, ratio_method, scorer_options
 from randsparse.sparsity.selection import top_score_masks
 
