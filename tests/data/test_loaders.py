@@ -95,3 +95,15 @@ def test_bad_loader_arguments_are_config_errors(augmented, kwargs: dict) -> None
     arguments = {"batch_size": 8, "shuffle": True, "seed": 0, **kwargs}
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
         data.make_loader(augmented, **arguments)
+
+
+def test_loader_batches_are_the_training_sampler_batches_epoch_after_epoch() -> None:
+    """One seeded batch order: pass k of `make_loader` is epoch k of training's `EpochBatchSampler`."""
+    dataset = data.build("synthetic", split="train", train_size=100, val_fraction=0, augment=False)
+    loader = data.make_loader(dataset, 16, shuffle=True, seed=5)
+    batches = data.EpochBatchSampler(data.EpochSampler(100, 5), 16, drop_last=False)
+    for epoch in range(2):
+        batches.set_epoch(epoch)
+        expected = [(list(b), b.seed) for b in batches]
+        assert [y.tolist() for _, y in loader] == [dataset.labels[i].tolist() for i, _ in expected]
+    assert len({seed for _, seed in expected}) == len(expected)  # a seed of its own for each batch

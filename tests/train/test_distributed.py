@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from randsparse.cli import build_parser
 from randsparse.cli import main as cli_main
 from randsparse.cli.train import add_parser, torchrun_command
+from randsparse.data import EpochBatchSampler, EpochSampler
 from randsparse.errors import ConfigError, MaskMismatchError, RandsparseError, UnknownNameError
 from randsparse.sparsity import MaskSet, attach
 from randsparse.train import RunDir, config_hash, fit, load_config, load_run
@@ -40,7 +41,6 @@ from randsparse.train.distributed import (
     resume_command,
     with_world_size,
 )
-from randsparse.train.loop import EpochBatchSampler, EpochSampler
 from tests.train._runs import tiny_config, write_config
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")

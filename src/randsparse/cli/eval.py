@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from randsparse.evaluate.config import eval_config
-from randsparse.evaluate.trained import evaluate_trained
 from randsparse.schema import MAX_BATCH, flag_number
 from randsparse.train import config_hash, load_run
+from randsparse.train.evaluation import evaluate_trained
 from randsparse.train.setup import resolve_device
 
 

@@ -15,6 +15,7 @@ from randsparse.data.loaders import make_loader
 from randsparse.data.lookup import ENV_VAR, Location, locate
 from randsparse.data.ood import OOD_PAIRS, build_ood, ood_sets
 from randsparse.data.registry import Augmentation, DatasetInfo, Recipe, available_datasets, register_dataset
+from randsparse.data.sampling import EpochBatchSampler, EpochSampler
 
 __all__ = [
     "ENV_VAR",
@@ -22,6 +23,8 @@ __all__ = [
     "SPLITS",
     "Augmentation",
     "DatasetInfo",
+    "EpochBatchSampler",
+    "EpochSampler",
     "FileImageDataset",
     "Location",
     "Recipe",

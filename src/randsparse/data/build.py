@@ -16,9 +16,9 @@ import torch
 from randsparse.data.datasets import FileImageDataset, TensorImageDataset
 from randsparse.data.lookup import find_directory
 from randsparse.data.registry import DatasetEntry, DatasetInfo, ImageTensor, Recipe, get_entry
-from randsparse.data.sets import seeded_generator
 from randsparse.data.transforms import look_like
 from randsparse.errors import ConfigError, is_integer, is_real
+from randsparse.seeding import seeded_generator
 
 SPLITS = ("train", "val", "test")
 

@@ -2,9 +2,9 @@
 
 Items are `(float32 C×H×W, int label)`. Both classes implement `__getitems__`, which the
 `DataLoader` calls with a whole batch of indices: in-memory sets augment and normalise the batch
-in a few tensor ops. A batch from `make_loader` carries its own seed (`SeededIndices.seed`), so an
-item's augmentation depends on the loader's seed and the batch order only, never on the number of
-workers; plain indexing draws from the dataset's own generator.
+in a few tensor ops. A batch from `EpochBatchSampler` (training, `make_loader`) carries its own
+seed (`SeededIndices.seed`), so an item's augmentation depends on the loader's seed and the batch
+order only, never on the number of workers; plain indexing draws from the dataset's own generator.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def one_intra_op_thread() -> Iterator[None]:
 
 
 class SeededIndices(list):
-    """A batch of indices with the seed its augmentation draws from (set by `make_loader`'s batch sampler)."""
+    """A batch of indices with the seed its augmentation draws from (set by `EpochBatchSampler`)."""
 
     def __init__(self, indices: Sequence[int] = (), seed: int | None = None) -> None:
         super().__init__(indices)

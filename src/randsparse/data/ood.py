@@ -23,8 +23,8 @@ from randsparse.data.registry import (
     get_entry,
     register_dataset,
 )
-from randsparse.data.sets import seeded_generator
 from randsparse.errors import ConfigError, is_integer
+from randsparse.seeding import seeded_generator
 
 # The paper's OOD evaluation pairs (in-distribution -> OOD sets); any registered dataset may also be named.
 OOD_PAIRS: dict[str, tuple[str, ...]] = {

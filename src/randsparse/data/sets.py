@@ -36,6 +36,7 @@ from randsparse.data.registry import (
 )
 from randsparse.data.transforms import resize_square
 from randsparse.errors import ConfigError, FileFormatError, is_integer, is_real
+from randsparse.seeding import seeded_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,17 +46,6 @@ def _positive_int(name: str, value: object, minimum: int = 1) -> int:
     if not is_integer(value) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
-
-
-def _split_seed(seed: int, purpose: str) -> int:
-    """A seed for one purpose (e.g. 'test noise') derived from `seed`, independent across purposes."""
-    state = np.random.SeedSequence([seed, *purpose.encode()]).generate_state(2, np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1
-
-
-def seeded_generator(seed: int, purpose: str) -> torch.Generator:
-    """A `torch.Generator` for one purpose, derived from `seed`."""
-    return torch.Generator().manual_seed(_split_seed(seed, purpose))
 
 
 def _torchvision_download(class_name: str, subdir: str | None = None, splits: tuple[str, ...] = ()) -> Downloader:

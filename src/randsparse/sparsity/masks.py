@@ -7,7 +7,6 @@ not depend on the device either.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from randsparse.errors import ConfigError, FileFormatError, MaskMismatchError, first_line, is_integer
+from randsparse.seeding import layer_generator, seed_from
 from randsparse.sparsity.layers import Shape, owning_module
 from randsparse.storage import atomic_torch_save, read_torch
 
@@ -31,21 +31,6 @@ _STATE_FORMAT = "randsparse.maskset/packbits-v1"
 def kept_count(density: float, size: int) -> int:
     """Number of weights an exact draw keeps in a layer of `size` weights at `density`."""
     return min(size, max(0, round(density * size)))
-
-
-def layer_generator(seed: int, name: str) -> np.random.Generator:
-    """The random stream of layer `name` under `seed`: independent of every other layer."""
-    name_key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:16], "little")
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, name_key])))
-
-
-def seed_from(seed: int | torch.Generator) -> int:
-    """A non-negative integer seed; a `torch.Generator` is advanced once to provide it."""
-    if isinstance(seed, torch.Generator):
-        return int(torch.randint(0, 2**62, (1,), generator=seed).item())
-    if not is_integer(seed) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    return seed
 
 
 # Elements per block when drawing: bounds the temporary memory of a draw to a few MiB per layer.

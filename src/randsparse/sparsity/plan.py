@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from randsparse.errors import ConfigError, InfeasibleBudgetError, RandsparseError, is_real
+from randsparse.seeding import seed_from
 from randsparse.sparsity.distributions import layer_densities
 from randsparse.sparsity.layers import PrunableSelector, prunable_shapes
-from randsparse.sparsity.masks import MaskSet, Sampling, kept_count, seed_from
+from randsparse.sparsity.masks import MaskSet, Sampling, kept_count
 from randsparse.sparsity.saliency import compute_scores, ratio_method, scorer_options
 from randsparse.sparsity.selection import top_score_masks
 

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -23,6 +20,7 @@ from randsparse.evaluate.complexity import count_flops
 from randsparse.models import ModelSpec
 from randsparse.sparsity import MaskSet, PrunableSelector, load_custom_densities, plan_sparsity
 from randsparse.sparsity.saliency import ratio_method
+from randsparse.train.config import DataConfig, ModelConfig, SparsityConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +40,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> None:
-    """Seed the global RNGs a training process uses (model init, augmentation, dropout)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def configure_determinism(enabled: bool) -> None:
     """Deterministic kernels (bit-exact reruns) or the fastest ones."""
     if enabled:
@@ -62,13 +53,13 @@ def configure_determinism(enabled: bool) -> None:
 class Datasets:
     """Train, validation (None when `val_fraction` is 0) and test sets, and what they look like."""
 
-    info: Any  # randsparse.data.DatasetInfo
+    info: datasets.DatasetInfo
     train: Dataset
     val: Dataset | None
     test: Dataset
 
 
-def _train_split(config: Any, augment: bool) -> Dataset:
+def _train_split(config: DataConfig, augment: bool) -> Dataset:
     return datasets.build(
         config.name,
         split="train",
@@ -82,7 +73,7 @@ def _train_split(config: Any, augment: bool) -> Dataset:
     )
 
 
-def build_datasets(config: Any) -> Datasets:
+def build_datasets(config: DataConfig) -> Datasets:
     """The run's datasets from its `data` section (a `DataConfig`)."""
     common = {"root": config.root, "download": config.download, **config.options}
     info = datasets.dataset_info(config.name, root=config.root, **config.options)
@@ -95,12 +86,12 @@ def build_datasets(config: Any) -> Datasets:
     return Datasets(info, train, val, test)
 
 
-def score_dataset(config: Any) -> Dataset:
+def score_dataset(config: DataConfig) -> Dataset:
     """The training images without augmentation: what saliency scores are taken on."""
     return _train_split(config, augment=False)
 
 
-def build_model(config: Any, info: Any) -> nn.Module:
+def build_model(config: ModelConfig, info: datasets.DatasetInfo) -> nn.Module:
     """The model of a `ModelConfig`, shaped for the dataset described by `info`."""
     return ModelSpec.from_config(config, info).build()
 
@@ -120,7 +111,11 @@ def check_model_input(model: nn.Module, input_shape: tuple[int, ...], name: str)
 
 
 def draw_masks(
-    config: Any, model: nn.Module, seed: int, score_data: Dataset | None = None, input_shape: tuple | None = None
+    config: SparsityConfig,
+    model: nn.Module,
+    seed: int,
+    score_data: Dataset | None = None,
+    input_shape: tuple | None = None,
 ) -> MaskSet | None:
     """Masks of a `SparsityConfig` for `model`; None for a dense run.
 
@@ -151,6 +146,6 @@ def draw_masks(
     return plan.masks
 
 
-def needs_scores(config: Any) -> bool:
+def needs_scores(config: SparsityConfig) -> bool:
     """True when a `SparsityConfig`'s masks come from saliency scores (and so may need data)."""
     return config.sparsity > 0 and ratio_method(config.distribution) is not None

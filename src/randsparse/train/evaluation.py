@@ -1,0 +1,167 @@
+"""Evaluating a run: accuracy over a loader, the final test of the best and last models, the eval suite.
+
+`evaluate_trained` is the glue between a run's data section and `evaluate.run`: it builds the test
+set, the OOD sets (converted to look like the training data) and the raw-pixel copy the attacks need.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from randsparse import data as datasets
+from randsparse.data import DatasetInfo
+from randsparse.errors import RandsparseError
+from randsparse.evaluate.config import EvalConfig
+from randsparse.evaluate.runner import run as run_suite
+from randsparse.train.checkpoint import load_checkpoint
+from randsparse.train.config import DataConfig, TrainConfig
+from randsparse.train.distributed import Distributed, model_state_tensors
+from randsparse.train.setup import Datasets
+from randsparse.train.state import Run
+
+log = logging.getLogger(__name__)
+
+
+def eval_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, **kwargs: Any) -> DataLoader:
+    """A plain, in-order loader over an evaluation set (pinned memory on CUDA)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        **kwargs,
+    )
+
+
+def shard(dataset: Dataset, dist: Distributed) -> Dataset:
+    """This process's share of an evaluation set (every `world_size`-th item), or the whole set in one process."""
+    if not dist.active:
+        return dataset
+    return Subset(dataset, range(dist.rank, len(dataset), dist.world_size))  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    dist: Distributed | None = None,
+) -> dict[str, float]:
+    """Mean loss and top-1 accuracy of `model` over `loader`, in eval mode.
+
+    With `dist`, each process passes its shard of the set and the sums are taken over all of them.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(inputs)
+        loss_sum += float(loss_fn(logits.float(), targets)) * targets.numel()
+        correct += int((logits.argmax(1) == targets).sum())
+        count += targets.numel()
+    model.train(was_training)
+    if dist is not None and dist.active:
+        loss_sum, correct, count = dist.sum(torch.tensor([loss_sum, correct, count], dtype=torch.float64))
+    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
+
+
+def check_eval_data(config: TrainConfig, info: DatasetInfo) -> None:
+    """The OOD sets the end-of-training evaluation needs, checked before training, not after it."""
+    for name in config.eval.ood:
+        datasets.build_ood(info, name, root=config.data.root, download=config.data.download)
+
+
+def evaluate_trained(
+    model: nn.Module,
+    data_config: DataConfig,
+    info: DatasetInfo,
+    options: EvalConfig,
+    *,
+    out_dir: str | Path,
+    identity: str,
+    test: Dataset | None = None,
+) -> dict[str, float]:
+    """`evaluate.run` on the test split of the run's dataset (its `data` section), its OOD sets and attacks.
+
+    `test` is that split when the caller has it already (training does). Logits are cached under
+    ``out_dir/eval-cache`` keyed by `identity` (e.g. the checkpoint), the reliability diagram goes to
+    ``out_dir/reliability.png``. Returns `evaluate.run`'s flat dict of metrics.
+    """
+    common = {"root": data_config.root, "download": data_config.download}
+    if test is None:
+        test = datasets.build(data_config.name, split="test", augment=False, **common, **data_config.options)
+    ood = {name: datasets.build_ood(info, name, **common) for name in options.ood}
+    raw = None
+    if options.attacks:
+        raw = datasets.build(
+            data_config.name, split="test", augment=False, normalize=False, **common, **data_config.options
+        )
+    return run_suite(
+        model,
+        test,
+        options=options,
+        ood_data=ood,
+        mean=info.mean,
+        std=info.std,
+        attack_data=raw,
+        cache_dir=Path(out_dir) / "eval-cache",
+        identity=identity,
+        out_dir=out_dir,
+    )
+
+
+def final_evaluation(run: Run, data: Datasets, batch_size: int) -> dict[str, Any]:
+    """Test accuracy of the last model and of the best-on-validation model; the eval suite on the best.
+
+    The test set is split over the processes; the evaluation suite (calibration, OOD, attacks) runs on
+    rank 0 alone, which writes its files.
+    """
+    dist = run.dist
+    loader = eval_loader(shard(data.test, dist), batch_size, run.config.data.workers, run.device)
+    last = evaluate_accuracy(run.model, loader, run.loss_fn, run.device, run.amp_dtype, dist)
+    best = last
+    current = None
+    best_epoch = run.progress.best_epoch or run.progress.epoch
+    if best_epoch != run.progress.epoch:  # the same decision on every rank: progress is reduced
+        current = {k: v.clone() for k, v in run.model.state_dict().items()}
+        if dist.is_main:
+            run.model.load_state_dict(load_checkpoint(run.run_dir.best_checkpoint)["model"])
+        dist.broadcast_from_main(model_state_tensors(run.model), "loading the best model")
+        best = evaluate_accuracy(run.model, loader, run.loss_fn, run.device, run.amp_dtype, dist)
+    result = {
+        "test_accuracy": best["accuracy"],
+        "test_loss": best["loss"],
+        "test_accuracy_last": last["accuracy"],
+        "test_loss_last": last["loss"],
+    }
+    options = run.config.eval
+    if dist.is_main and (options.calibration or options.ood or options.attacks):
+        run.files.update_summary(**result)  # the accuracies stand whatever becomes of the suite
+        identity = f"{run.identity}-best-epoch{best_epoch}"
+        try:
+            result["eval"] = evaluate_trained(
+                run.model,
+                run.config.data,
+                data.info,
+                options,
+                out_dir=run.run_dir.path,
+                identity=identity,
+                test=data.test,
+            )
+        except RandsparseError as exc:
+            log.error("the evaluation suite failed: %s (run `randsparse eval %s` to retry)", exc, run.run_dir.path)
+            result["eval_error"] = str(exc)
+    if current is not None:
+        run.model.load_state_dict(current)
+    return result
