@@ -78,13 +78,14 @@ def _run_eval(args: argparse.Namespace, console: Console) -> int:
         update={k: v for k, v in (("root", args.data_dir), ("download", args.download or None)) if v is not None}
     )
     identity = f"{config_hash(loaded.config)}-{args.which}-epoch{loaded.epoch}"
+    summary = loaded.run_dir.read_summary()  # refuse an unreadable summary before writing anything
     result = evaluate_trained(
         loaded.model.to(device), data_config, loaded.info, options, out_dir=loaded.run_dir.path, identity=identity
     )
     # The best model's results live under `eval` (as training writes them), the last model's under `eval_last`.
     key = "eval" if args.which == "best" else "eval_last"
-    summary = loaded.run_dir.read_summary()
-    summary = loaded.run_dir.update_summary(**{key: {**(summary.get(key) or {}), **result}})
+    summary = {**summary, key: {**(summary.get(key) or {}), **result}}
+    loaded.run_dir.write_summary(summary)
     if args.format == "json":
         print(json.dumps(summary[key], indent=2))
         return 0

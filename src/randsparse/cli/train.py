@@ -17,7 +17,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-from randsparse.cli import EXIT_INTERRUPTED
 from randsparse.errors import ConfigError
 from randsparse.schema import MAX_PROCESSES, flag_number
 from randsparse.train import Interrupted, RunDir, TrainConfig, apply_overrides, build_config, fit
@@ -138,7 +137,7 @@ def _run_train(args: argparse.Namespace, console: Console) -> int:
     except Interrupted as exc:
         if launch.rank == 0:
             print(f"randsparse train: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exc.exit_code  # 130 for Ctrl-C, 143 for SIGTERM
     if launch.rank != 0:
         return EXIT_DIVERGED if summary.get("status") == "diverged" else 0
     if args.format == "json":

@@ -39,6 +39,7 @@ from randsparse.train.optim import build_loss, build_optimizer, build_scheduler
 from randsparse.train.progress import EpochProgress
 from randsparse.train.rundir import RunDir
 from randsparse.train.setup import (
+    Datasets,
     build_datasets,
     build_model,
     check_model_input,
@@ -47,7 +48,7 @@ from randsparse.train.setup import (
     needs_scores,
     score_dataset,
 )
-from randsparse.train.signals import Interrupted, stop_on_signals
+from randsparse.train.signals import Interrupted, StopRequest, stop_on_signals
 from randsparse.train.state import Run, RunFiles, restore, starting_state
 from randsparse.train.summary import static_summary
 
@@ -95,7 +96,7 @@ def _prepare(
     )
 
 
-def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: dict[str, str], bar: EpochProgress) -> dict:
+def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, bar: EpochProgress) -> dict:
     """Train one epoch (or its rest, after a mid-epoch resume); returns its train metrics.
 
     Each step sums loss, correct and count over the processes in one reduction that also carries
@@ -149,7 +150,8 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: dict[str, str],
                 raise Interrupted(
                     f"stopped by {stop.get('signal', 'a signal to another process')} at epoch {epoch + 1}, step"
                     f" {progress.global_step}; checkpoint saved; continue with:"
-                    f" {resume_command(run.run_dir.path, run.dist.world_size)}"
+                    f" {resume_command(run.run_dir.path, run.dist.world_size)}",
+                    stop.signal or "SIGINT",
                 )
     progress.partial = {}
     seconds = time.perf_counter() - started
@@ -227,32 +229,42 @@ def _train_batches(config: TrainConfig, size: int, dist: Distributed) -> EpochBa
 
 
 def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, show_progress: bool | None) -> dict:
-    state = dist.from_main(lambda: starting_state(run_dir, resume, config), "reading the run directory")
-    configure_determinism(config.deterministic)
-    seed_everything(config.seed)
-    data = build_datasets(config.data)
-    model = build_model(config.model, data.info)  # initialised from the run's seed, the same on every rank
-    input_shape = data.info.shape
-    check_model_input(model, input_shape, config.model.name)
-    check_eval_data(config, data.info)
-    masks = _draw_masks_on_main(config, model, input_shape, dist)
-    batches = _train_batches(config, len(data.train), dist)
-    run = _prepare(config, run_dir, model, masks, batches.steps_per_epoch, dist)
-    if dist.rank > 0:  # rank 0 continues the single-process stream; the others get their own (dropout)
-        seed_everything(mix(config.seed, dist.rank))
-    if config.tensorboard and dist.is_main:
-        run.writer = _tensorboard_writer(run_dir.path / "tensorboard")
-    if state is not None:
-        restore(run, state)
-        log.info("resuming %s at epoch %d, step %d", run_dir.path, run.progress.epoch + 1, run.progress.global_step)
-    else:
-        run.files.write_config(config)
-        log.info("training into %s", run_dir.path)
-    run.files.write_metrics(run.progress.history)
+    # Signals are handled from here to the end: at once outside the training steps, after a step within them.
+    with stop_on_signals() as stop:
+        stop.phase = "while starting; nothing was trained yet: run the same command again"
+        state = dist.from_main(lambda: starting_state(run_dir, resume, config), "reading the run directory")
+        again = resume_command(run_dir.path, dist.world_size)
+        if state is not None:
+            stop.phase = f"while starting; continue with: {again}"
+        configure_determinism(config.deterministic)
+        seed_everything(config.seed)
+        data = build_datasets(config.data)
+        model = build_model(config.model, data.info)  # initialised from the run's seed, the same on every rank
+        input_shape = data.info.shape
+        check_model_input(model, input_shape, config.model.name)
+        check_eval_data(config, data.info)
+        masks = _draw_masks_on_main(config, model, input_shape, dist)
+        batches = _train_batches(config, len(data.train), dist)
+        run = _prepare(config, run_dir, model, masks, batches.steps_per_epoch, dist)
+        if dist.rank > 0:  # rank 0 continues the single-process stream; the others get their own (dropout)
+            seed_everything(mix(config.seed, dist.rank))
+        if config.tensorboard and dist.is_main:
+            run.writer = _tensorboard_writer(run_dir.path / "tensorboard")
+        if state is not None:
+            restore(run, state)
+            log.info("resuming %s at epoch %d, step %d", run_dir.path, run.progress.epoch + 1, run.progress.global_step)
+        else:
+            run.files.write_config(config)
+            log.info("training into %s", run_dir.path)
+        run.files.write_metrics(run.progress.history)
+        return _train_and_test(run, data, batches, stop, again, show_progress)
 
-    static = static_summary(run, data, input_shape)
-    run.files.update_summary(**static, status="running", epochs=run.progress.epoch)
 
+def _train_and_test(
+    run: Run, data: Datasets, batches: EpochBatchSampler, stop: StopRequest, again: str, show_progress: bool | None
+) -> dict:
+    """The epochs, then the final test; the summary records how it ended (completed, diverged, interrupted, failed)."""
+    config, dist = run.config, run.dist
     train_loader = DataLoader(
         data.train,
         batch_sampler=batches,
@@ -266,21 +278,28 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
         val_loader = eval_loader(shard(data.val, dist), eval_size, config.data.workers, run.device)
     show = bool(show_progress) and dist.is_main
     try:
-        with stop_on_signals() as stop:
+        run.files.update_summary(
+            **static_summary(run, data, data.info.shape), status="running", epochs=run.progress.epoch
+        )
+        stop.phase = f"during training (a second signal stops at once); continue from the last checkpoint with: {again}"
+        with stop.deferring():
             for epoch in range(run.progress.epoch, config.epochs):
                 batches.set_epoch(epoch, run.progress.batch_in_epoch)
                 train_loader.generator.manual_seed(mix(config.seed, epoch, run.progress.batch_in_epoch, dist.rank))
                 with EpochProgress(epoch + 1, config.epochs, len(train_loader), enabled=show) as bar:
                     row = _train_epoch(run, train_loader, epoch, stop, bar)
                 _finish_epoch(run, epoch, row, val_loader)
-        status = "completed"
+        if stop:  # it came during the last validation: the last checkpoint holds the finished training
+            raise Interrupted(f"stopped by {stop.signal} before the final test; finish it with: {again}", stop.signal)
+        stop.phase = f"during the final test (training is complete and saved); finish it with: {again}"
+        final = final_evaluation(run, data, eval_size)
     except Diverged as exc:
-        status = "diverged"
         log.error("%s; keeping the last good checkpoint", exc)
-        return run.files.update_summary(status=status, error=str(exc), epochs=run.progress.epoch)
+        return run.files.update_summary(status="diverged", error=str(exc), epochs=run.progress.epoch)
     except Interrupted:
-        status = "interrupted"
-        run.files.update_summary(status=status, epochs=run.progress.epoch, train_seconds=run.progress.train_seconds)
+        run.files.update_summary(
+            status="interrupted", epochs=run.progress.epoch, train_seconds=run.progress.train_seconds
+        )
         raise
     except BaseException as exc:
         run.files.update_summary(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -288,10 +307,9 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
     finally:
         if run.writer is not None:
             run.writer.close()
-    final = final_evaluation(run, data, eval_size)
     return run.files.update_summary(
         **final,
-        status=status,
+        status="completed",
         epochs=run.progress.epoch,
         best_val_accuracy=run.progress.best_val_accuracy,
         best_epoch=run.progress.best_epoch,

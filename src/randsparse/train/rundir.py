@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from randsparse import __version__
-from randsparse.errors import ConfigError, FileFormatError, parse_error_text
+from randsparse.errors import ConfigError, FileFormatError
 from randsparse.storage import atomic_write_bytes, read_mapping
 from randsparse.train.config import TrainConfig, build_config, dump_config, read_yaml
 
@@ -82,6 +82,25 @@ class RunDir:
         """Training state at the best validation accuracy."""
         return self.path / "checkpoints" / "best.pt"
 
+    def check_files(self) -> None:
+        """Refuse a run directory whose own files are not plain files (e.g. a directory named ``last.pt``).
+
+        Called before anything is written, so such a directory is never retrained or overwritten.
+        Raises `FileFormatError` naming the first odd path.
+        """
+        checkpoints = self.path / "checkpoints"
+        if checkpoints.exists() and not checkpoints.is_dir():
+            raise FileFormatError(f"{str(checkpoints)!r} is not a directory; this run directory is damaged")
+        for path in (
+            self.config_file,
+            self.metrics_file,
+            self.summary_file,
+            self.last_checkpoint,
+            self.best_checkpoint,
+        ):
+            if path.exists() and not path.is_file():
+                raise FileFormatError(f"{str(path)!r} is not a file; this run directory is damaged")
+
     def has_run(self) -> bool:
         """True when the directory already holds a run (a config or a checkpoint)."""
         return self.config_file.exists() or self.last_checkpoint.exists()
@@ -112,20 +131,11 @@ class RunDir:
         atomic_write_bytes(self.metrics_file, text.encode())
 
     def read_summary(self) -> dict[str, Any]:
-        """``summary.json`` (empty when absent); a malformed file is a `FileFormatError`."""
-        if not self.summary_file.is_file():
+        """``summary.json`` (empty when absent); a malformed file, or a directory in its place, is a
+        `FileFormatError`."""
+        if not self.summary_file.exists():
             return {}
         return read_mapping(self.summary_file, "run summary")
-
-        try:
-            data = json.loads(self.summary_file.read_text())
-        except OSError as exc:
-            raise FileFormatError(f"cannot read {str(self.summary_file)!r}: {exc}") from None
-        except json.JSONDecodeError as exc:
-            raise FileFormatError(f"cannot read {parse_error_text(exc, str(self.summary_file))}") from None
-        if not isinstance(data, dict):
-            raise FileFormatError(f"{str(self.summary_file)!r} does not hold a JSON object")
-        return data
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` atomically."""

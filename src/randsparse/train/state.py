@@ -113,8 +113,10 @@ def starting_state(run_dir: RunDir, resume: bool, config: TrainConfig) -> dict[s
     """The checkpoint to resume from (None to start afresh), refusing a run directory that does not fit.
 
     A run that stopped before its first checkpoint (killed in epoch 1) has nothing to resume: the
-    same config simply starts again there, with or without `resume`.
+    same config simply starts again there, with or without `resume`. A directory whose own files
+    are not plain files is refused (`RunDir.check_files`) before anything is written.
     """
+    run_dir.check_files()
     if run_dir.last_checkpoint.is_file():
         if not resume:
             raise ConfigError(
