@@ -36,7 +36,7 @@ from randsparse.evaluate.complexity import (
     count_params,
     memory_bytes,
 )
-from randsparse.evaluate.config import EvalConfig, eval_config, format_eps
+from randsparse.evaluate.config import EvalConfig, RunEvalConfig, eval_config, format_eps
 from randsparse.evaluate.inference import LogitCache, cached_logits, collect_logits, eval_mode, model_fingerprint
 from randsparse.evaluate.ood import (
     OodMetrics,
@@ -60,6 +60,7 @@ __all__ = [
     "RawPixels",
     "ReliabilityBins",
     "RobustnessResult",
+    "RunEvalConfig",
     "available_ood_scores",
     "brier_score",
     "cached_logits",

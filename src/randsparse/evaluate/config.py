@@ -71,8 +71,10 @@ class EvalConfig(BaseModel):
     calibration: bool = Field(default=True, description="ECE, MCE, NLL and Brier score on the test set")
     bins: int = Field(default=15, ge=1, le=1000, description="equal-width confidence bins of ECE/MCE")
     reliability_diagram: bool = Field(default=True, description="write reliability.png when an output dir is given")
-    ood: list[OodSetName] = Field(
-        default_factory=list, description="OOD sets (registered dataset names), e.g. mnist,gaussian"
+    ood: list[str] = Field(
+        default_factory=list,
+        description="OOD sets by name, e.g. mnist,gaussian: keys of `ood_data` for `evaluate.run`; registered"
+        " dataset names in a run's config (`RunEvalConfig`)",
     )
     ood_scores: list[OodScoreName] = Field(
         default_factory=lambda: ["msp", "max_logit", "energy"], min_length=1, description="OOD scores to compute"
@@ -133,14 +135,26 @@ class EvalConfig(BaseModel):
         return self.pgd_step_size if self.pgd_step_size is not None else 2.5 * eps / self.pgd_steps
 
 
+class RunEvalConfig(EvalConfig):
+    """The evaluation of a run (its config's ``eval:`` section, `randsparse eval`): the OOD sets are
+    built from the dataset registry, so their names must be registered datasets."""
+
+    ood: list[OodSetName] = Field(
+        default_factory=list, description="OOD sets (registered dataset names), e.g. mnist,gaussian"
+    )
+
+
 def eval_config(data: EvalConfig | dict[str, Any] | None = None, **overrides: Any) -> EvalConfig:
     """Validate a mapping (e.g. a training config's ``eval:`` section) into an `EvalConfig`.
 
-    Every problem is named in one `ConfigError`, so the CLI prints one line.
+    The result is of `data`'s class when `data` is one (a run's `RunEvalConfig` stays one, so its
+    OOD names are checked against the registry), else an `EvalConfig`. Every problem is named in
+    one `ConfigError`, so the CLI prints one line.
     """
+    kind = type(data) if isinstance(data, EvalConfig) else EvalConfig
     base = data.model_dump() if isinstance(data, EvalConfig) else dict(data or {})
     try:
-        return EvalConfig.model_validate({**base, **overrides})
+        return kind.model_validate({**base, **overrides})
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, "eval options")) from None
 

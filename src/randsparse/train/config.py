@@ -18,7 +18,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
 from randsparse.errors import ConfigError, is_real, validation_message
-from randsparse.evaluate.config import EvalConfig
+from randsparse.evaluate.config import RunEvalConfig
 from randsparse.schema import (
     INT64_MAX,
     MAX_BATCH,
@@ -324,8 +324,8 @@ class TrainConfig(_Section):
         default=None, ge=1, le=INT64_MAX, description="also checkpoint every N steps (an int64)"
     )
     tensorboard: bool = Field(default=False, description="also log to TensorBoard (needs the tensorboard package)")
-    eval: EvalConfig = Field(
-        default_factory=EvalConfig, description="evaluation of the best model at the end of training"
+    eval: RunEvalConfig = Field(
+        default_factory=RunEvalConfig, description="evaluation of the best model at the end of training"
     )
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="multi-process training (torchrun); see docs/distributed.md"
