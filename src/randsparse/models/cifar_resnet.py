@@ -16,7 +16,7 @@ from torch import nn
 
 from randsparse.errors import ConfigError, is_integer
 from randsparse.models.init import PAPER_CIFAR_RESNET, InitMode, check_init_mode, init_weights_
-from randsparse.models.registry import register_model, scaled_channels
+from randsparse.models.registry import register_model, register_variant, scaled_channels
 
 
 class BasicBlock(nn.Module):
@@ -59,6 +59,16 @@ def residual_stages(
     return stages
 
 
+def blocks_per_stage(depth: int, extra: int, what: str, examples: str) -> int:
+    """n of a three-stage residual net of depth 6n + `extra` (n >= 1).
+
+    Raises `ConfigError` naming `what` (e.g. ``"CIFAR ResNet"``) and valid `examples` otherwise.
+    """
+    if not is_integer(depth) or depth < 6 + extra or (depth - extra) % 6:
+        raise ConfigError(f"{what} depth must be 6n+{extra} with n >= 1 ({examples}, ...), got {depth!r}")
+    return (depth - extra) // 6
+
+
 class CifarResNet(nn.Module):
     """ResNet for 32x32 inputs with three stages of `blocks_per_stage` BasicBlocks each."""
 
@@ -95,21 +105,10 @@ def cifar_resnet(
     init_mode: InitMode = "fan_in",
 ) -> CifarResNet:
     """CIFAR ResNet of any depth 6n+2 (n >= 1) and width multiplier."""
-    if not is_integer(depth) or depth < 8 or (depth - 2) % 6:
-        raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth!r}")
-    return CifarResNet((depth - 2) // 6, width, num_classes, in_channels, init_mode)
-
-
-def _fixed_depth(depth: int) -> None:
-    def builder(
-        width: float = 1.0, num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_in"
-    ) -> CifarResNet:
-        return cifar_resnet(depth, width, num_classes, in_channels, init_mode)
-
-    builder.__name__ = f"resnet{depth}"
-    builder.__doc__ = f"CIFAR ResNet-{depth} ({(depth - 2) // 6} BasicBlocks per stage), any width."
-    register_model(f"resnet{depth}", family="resnet", depth=depth)(builder)
+    blocks = blocks_per_stage(depth, 2, "CIFAR ResNet", "8, 14, 20")
+    return CifarResNet(blocks, width, num_classes, in_channels, init_mode)
 
 
 for _depth in (20, 32, 44, 56, 110):
-    _fixed_depth(_depth)
+    _doc = f"CIFAR ResNet-{_depth} ({(_depth - 2) // 6} BasicBlocks per stage), any width."
+    register_variant(f"resnet{_depth}", cifar_resnet, _doc, family="resnet", depth=_depth)

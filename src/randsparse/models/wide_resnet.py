@@ -16,10 +16,10 @@ from functools import partial
 import torch
 from torch import nn
 
-from randsparse.errors import ConfigError, is_integer, is_real
-from randsparse.models.cifar_resnet import residual_stages
+from randsparse.errors import ConfigError, is_real
+from randsparse.models.cifar_resnet import blocks_per_stage, residual_stages
 from randsparse.models.init import WRN, InitMode, check_init_mode, init_weights_
-from randsparse.models.registry import register_model, scaled_channels
+from randsparse.models.registry import register_model, register_variant, scaled_channels
 
 
 class PreActBlock(nn.Module):
@@ -86,21 +86,12 @@ def wrn(
     init_mode: InitMode = "fan_out",
 ) -> WideResNet:
     """WRN-`depth`-`width`: any depth 6n+4 (n >= 1), widening factor `width` (k), optional dropout."""
-    if not is_integer(depth) or depth < 10 or (depth - 4) % 6:
-        raise ConfigError(f"Wide ResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth!r}")
+    blocks = blocks_per_stage(depth, 4, "Wide ResNet", "10, 16, 22, 28, 40")
     if not is_real(dropout) or not 0 <= dropout < 1:
         raise ConfigError(f"dropout must be a probability in [0, 1) (e.g. 0.3), got {dropout!r}")
-    return WideResNet((depth - 4) // 6, width, num_classes, in_channels, init_mode, float(dropout))
-
-
-def _fixed(depth: int, k: int) -> None:
-    def builder(num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_out") -> WideResNet:
-        return wrn(depth, k, 0.0, num_classes, in_channels, init_mode)
-
-    builder.__name__ = f"wrn{depth}_{k}"
-    builder.__doc__ = f"WRN-{depth}-{k} ({(depth - 4) // 6} pre-activation blocks per stage); use `wrn` to vary it."
-    register_model(f"wrn{depth}_{k}", family="wide_resnet", depth=depth, width=k)(builder)
+    return WideResNet(blocks, width, num_classes, in_channels, init_mode, float(dropout))
 
 
 for _depth, _k in ((16, 8), (22, 2), (28, 10), (40, 2)):
-    _fixed(_depth, _k)
+    _doc = f"WRN-{_depth}-{_k} ({(_depth - 4) // 6} pre-activation blocks per stage); use `wrn` to vary it."
+    register_variant(f"wrn{_depth}_{_k}", wrn, _doc, family="wide_resnet", depth=_depth, width=_k, dropout=0.0)
