@@ -69,7 +69,40 @@ def blocks_per_stage(depth: int, extra: int, what: str, examples: str) -> int:
     return (depth - extra) // 6
 
 
-class CifarResNet(nn.Module):
+class ResidualNet(nn.Module):
+    """Stem, three residual stages `layer1`-`layer3`, global average pool, Linear `fc`.
+
+    The skeleton the CIFAR ResNet and the Wide ResNet share: each builds its modules and says what
+    runs before the stages (`stem`) and between the last stage and the pool (`neck`).
+    """
+
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    pool: nn.AdaptiveAvgPool2d
+    fc: nn.Linear
+
+    def __init__(self, init_mode: InitMode) -> None:
+        super().__init__()
+        check_init_mode(init_mode)
+
+    @staticmethod
+    def stage_planes(width: float) -> list[int]:
+        """Channels of the three stages: 16, 32 and 64 times the width multiplier."""
+        return [scaled_channels(base, width) for base in (16, 32, 64)]
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def neck(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(self.neck(out)), 1))
+
+
+class CifarResNet(ResidualNet):
     """ResNet for 32x32 inputs with three stages of `blocks_per_stage` BasicBlocks each."""
 
     def __init__(
@@ -80,9 +113,8 @@ class CifarResNet(nn.Module):
         in_channels: int = 3,
         init_mode: InitMode = "fan_in",
     ) -> None:
-        super().__init__()
-        check_init_mode(init_mode)
-        planes = [scaled_channels(base, width) for base in (16, 32, 64)]
+        super().__init__(init_mode)
+        planes = self.stage_planes(width)
         self.conv1 = nn.Conv2d(in_channels, planes[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes[0])
         self.layer1, self.layer2, self.layer3 = residual_stages(planes[0], planes, blocks_per_stage, BasicBlock)
@@ -90,10 +122,8 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(planes[2], num_classes)
         init_weights_(self, PAPER_CIFAR_RESNET, init_mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return self.fc(torch.flatten(self.pool(out), 1))
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn1(self.conv1(x)))
 
 
 @register_model("cifar_resnet", family="resnet")
