@@ -12,6 +12,7 @@ from randsparse.models.registry import (
     model_metadata,
     model_options,
     register_model,
+    register_variant,
 )
 from randsparse.models.spec import ModelSpec
 
@@ -23,4 +24,5 @@ __all__ = [
     "model_metadata",
     "model_options",
     "register_model",
+    "register_variant",
 ]

@@ -16,7 +16,7 @@ from torch import nn
 
 from randsparse.errors import ConfigError, is_integer
 from randsparse.models.init import PAPER_CIFAR_RESNET, InitMode, check_init_mode, init_weights_
-from randsparse.models.registry import register_model, scaled_channels
+from randsparse.models.registry import register_model, register_variant, scaled_channels
 
 
 class BasicBlock(nn.Module):
@@ -59,7 +59,50 @@ def residual_stages(
     return stages
 
 
-class CifarResNet(nn.Module):
+def blocks_per_stage(depth: int, extra: int, what: str, examples: str) -> int:
+    """n of a three-stage residual net of depth 6n + `extra` (n >= 1).
+
+    Raises `ConfigError` naming `what` (e.g. ``"CIFAR ResNet"``) and valid `examples` otherwise.
+    """
+    if not is_integer(depth) or depth < 6 + extra or (depth - extra) % 6:
+        raise ConfigError(f"{what} depth must be 6n+{extra} with n >= 1 ({examples}, ...), got {depth!r}")
+    return (depth - extra) // 6
+
+
+class ResidualNet(nn.Module):
+    """Stem, three residual stages `layer1`-`layer3`, global average pool, Linear `fc`.
+
+    The skeleton the CIFAR ResNet and the Wide ResNet share: each builds its modules and says what
+    runs before the stages (`stem`) and between the last stage and the pool (`neck`).
+    """
+
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    pool: nn.AdaptiveAvgPool2d
+    fc: nn.Linear
+
+    def __init__(self, init_mode: InitMode) -> None:
+        super().__init__()
+        check_init_mode(init_mode)
+
+    @staticmethod
+    def stage_planes(width: float) -> list[int]:
+        """Channels of the three stages: 16, 32 and 64 times the width multiplier."""
+        return [scaled_channels(base, width) for base in (16, 32, 64)]
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def neck(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(self.neck(out)), 1))
+
+
+class CifarResNet(ResidualNet):
     """ResNet for 32x32 inputs with three stages of `blocks_per_stage` BasicBlocks each."""
 
     def __init__(
@@ -70,9 +113,8 @@ class CifarResNet(nn.Module):
         in_channels: int = 3,
         init_mode: InitMode = "fan_in",
     ) -> None:
-        super().__init__()
-        check_init_mode(init_mode)
-        planes = [scaled_channels(base, width) for base in (16, 32, 64)]
+        super().__init__(init_mode)
+        planes = self.stage_planes(width)
         self.conv1 = nn.Conv2d(in_channels, planes[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes[0])
         self.layer1, self.layer2, self.layer3 = residual_stages(planes[0], planes, blocks_per_stage, BasicBlock)
@@ -80,10 +122,8 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(planes[2], num_classes)
         init_weights_(self, PAPER_CIFAR_RESNET, init_mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return self.fc(torch.flatten(self.pool(out), 1))
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn1(self.conv1(x)))
 
 
 @register_model("cifar_resnet", family="resnet")
@@ -95,21 +135,10 @@ def cifar_resnet(
     init_mode: InitMode = "fan_in",
 ) -> CifarResNet:
     """CIFAR ResNet of any depth 6n+2 (n >= 1) and width multiplier."""
-    if not is_integer(depth) or depth < 8 or (depth - 2) % 6:
-        raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth!r}")
-    return CifarResNet((depth - 2) // 6, width, num_classes, in_channels, init_mode)
-
-
-def _fixed_depth(depth: int) -> None:
-    def builder(
-        width: float = 1.0, num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_in"
-    ) -> CifarResNet:
-        return cifar_resnet(depth, width, num_classes, in_channels, init_mode)
-
-    builder.__name__ = f"resnet{depth}"
-    builder.__doc__ = f"CIFAR ResNet-{depth} ({(depth - 2) // 6} BasicBlocks per stage), any width."
-    register_model(f"resnet{depth}", family="resnet", depth=depth)(builder)
+    blocks = blocks_per_stage(depth, 2, "CIFAR ResNet", "8, 14, 20")
+    return CifarResNet(blocks, width, num_classes, in_channels, init_mode)
 
 
 for _depth in (20, 32, 44, 56, 110):
-    _fixed_depth(_depth)
+    _doc = f"CIFAR ResNet-{_depth} ({(_depth - 2) // 6} BasicBlocks per stage), any width."
+    register_variant(f"resnet{_depth}", cifar_resnet, _doc, family="resnet", depth=_depth)

@@ -42,6 +42,27 @@ def register_model(
     return decorate
 
 
+def register_variant(name: str, base: ModelBuilder, doc: str, *, family: str, **fixed: Any) -> None:
+    """Register `name` as builder `base` with the arguments in `fixed` set (``resnet56``, ``wrn28_10``).
+
+    The variant takes `base`'s other options, with their defaults and type hints; a fixed
+    ``depth``/``width`` is declared in its metadata (`model_metadata`).
+    """
+
+    def builder(**options: Any) -> nn.Module:
+        return base(**fixed, **options)
+
+    signature = inspect.signature(base)
+    builder.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name not in fixed]
+    )
+    builder.__annotations__ = {k: v for k, v in base.__annotations__.items() if k not in fixed}
+    builder.__wrapped__ = base  # type: ignore[attr-defined]  # its hints resolve in base's module
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    register_model(name, family=family, depth=fixed.get("depth"), width=fixed.get("width"))(builder)
+
+
 def model_metadata(name: str) -> dict[str, Any]:
     """What the registration of model `name` declares: ``family``, and ``depth``/``width`` if fixed."""
     _BUILDERS[name]

@@ -14,7 +14,7 @@ from torch import nn
 
 from randsparse.errors import ConfigError, is_integer
 from randsparse.models.init import PAPER_VGG, InitMode, InitRecipe, check_init_mode, init_weights_
-from randsparse.models.registry import register_model, scaled_channels
+from randsparse.models.registry import register_model, register_variant, scaled_channels
 
 # Output channels of each conv at width 1; "M" is a 2x2 max pool.
 VGG_LAYOUTS: dict[int, tuple[int | str, ...]] = {
@@ -81,16 +81,6 @@ def vgg(
     return VGG(VGG_LAYOUTS[depth], width, num_classes, in_channels, init_mode)
 
 
-def _fixed_depth(depth: int) -> None:
-    def builder(
-        width: float = 1.0, num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_out"
-    ) -> VGG:
-        return vgg(depth, width, num_classes, in_channels, init_mode)
-
-    builder.__name__ = f"vgg{depth}"
-    builder.__doc__ = f"BN-VGG-{depth} for 32x32 / 28x28 inputs (four max pools, global pool, one Linear), any width."
-    register_model(f"vgg{depth}", family="vgg", depth=depth)(builder)
-
-
 for _depth in VGG_LAYOUTS:
-    _fixed_depth(_depth)
+    _doc = f"BN-VGG-{_depth} for 32x32 / 28x28 inputs (four max pools, global pool, one Linear), any width."
+    register_variant(f"vgg{_depth}", vgg, _doc, family="vgg", depth=_depth)

@@ -16,10 +16,10 @@ from functools import partial
 import torch
 from torch import nn
 
-from randsparse.errors import ConfigError, is_integer, is_real
-from randsparse.models.cifar_resnet import residual_stages
-from randsparse.models.init import WRN, InitMode, check_init_mode, init_weights_
-from randsparse.models.registry import register_model, scaled_channels
+from randsparse.errors import ConfigError, is_real
+from randsparse.models.cifar_resnet import ResidualNet, blocks_per_stage, residual_stages
+from randsparse.models.init import WRN, InitMode, init_weights_
+from randsparse.models.registry import register_model, register_variant
 
 
 class PreActBlock(nn.Module):
@@ -47,21 +47,20 @@ class PreActBlock(nn.Module):
         return out + (x if self.shortcut is None else self.shortcut(pre))
 
 
-class WideResNet(nn.Module):
+class WideResNet(ResidualNet):
     """WRN for 32x32 (or 28x28) inputs: stem, three stages of pre-activation blocks, BN-ReLU, pool, Linear."""
 
     def __init__(
         self,
         blocks_per_stage: int,
         width: float = 1.0,
+        dropout: float = 0.0,
         num_classes: int = 10,
         in_channels: int = 3,
         init_mode: InitMode = "fan_out",
-        dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        check_init_mode(init_mode)
-        planes = [scaled_channels(base, width) for base in (16, 32, 64)]
+        super().__init__(init_mode)
+        planes = self.stage_planes(width)
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
         stages = residual_stages(16, planes, blocks_per_stage, partial(PreActBlock, dropout=dropout))
         self.layer1, self.layer2, self.layer3 = stages
@@ -70,10 +69,11 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(planes[-1], num_classes)
         init_weights_(self, WRN, init_mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.layer3(self.layer2(self.layer1(self.conv1(x))))
-        out = torch.relu(self.bn(out))
-        return self.fc(torch.flatten(self.pool(out), 1))
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(x)
+
+    def neck(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(out))
 
 
 @register_model("wrn", family="wide_resnet")
@@ -86,21 +86,12 @@ def wrn(
     init_mode: InitMode = "fan_out",
 ) -> WideResNet:
     """WRN-`depth`-`width`: any depth 6n+4 (n >= 1), widening factor `width` (k), optional dropout."""
-    if not is_integer(depth) or depth < 10 or (depth - 4) % 6:
-        raise ConfigError(f"Wide ResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth!r}")
+    blocks = blocks_per_stage(depth, 4, "Wide ResNet", "10, 16, 22, 28, 40")
     if not is_real(dropout) or not 0 <= dropout < 1:
         raise ConfigError(f"dropout must be a probability in [0, 1) (e.g. 0.3), got {dropout!r}")
-    return WideResNet((depth - 4) // 6, width, num_classes, in_channels, init_mode, float(dropout))
-
-
-def _fixed(depth: int, k: int) -> None:
-    def builder(num_classes: int = 10, in_channels: int = 3, init_mode: InitMode = "fan_out") -> WideResNet:
-        return wrn(depth, k, 0.0, num_classes, in_channels, init_mode)
-
-    builder.__name__ = f"wrn{depth}_{k}"
-    builder.__doc__ = f"WRN-{depth}-{k} ({(depth - 4) // 6} pre-activation blocks per stage); use `wrn` to vary it."
-    register_model(f"wrn{depth}_{k}", family="wide_resnet", depth=depth, width=k)(builder)
+    return WideResNet(blocks, width, float(dropout), num_classes, in_channels, init_mode)
 
 
 for _depth, _k in ((16, 8), (22, 2), (28, 10), (40, 2)):
-    _fixed(_depth, _k)
+    _doc = f"WRN-{_depth}-{_k} ({(_depth - 4) // 6} pre-activation blocks per stage); use `wrn` to vary it."
+    register_variant(f"wrn{_depth}_{_k}", wrn, _doc, family="wide_resnet", depth=_depth, width=_k, dropout=0.0)
