@@ -11,6 +11,7 @@ measurement. All timings of one model run interleaved in this process, medians, 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -56,4 +57,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

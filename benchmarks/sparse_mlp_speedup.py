@@ -10,6 +10,7 @@ process after warm-up, threads pinned; medians and their ratio are printed, batc
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -47,4 +48,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -9,6 +9,7 @@ with the sparse kernels forced on every converted layer (``--mode sparse``) or a
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -47,4 +48,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

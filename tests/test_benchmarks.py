@@ -18,6 +18,9 @@ WITH_VERDICT = [
     "mask_creation",
     "saliency_time",
     "sparse_checkpoint_size",
+    "sparse_conv_never_slower",
+    "sparse_mlp_speedup",
+    "sparse_roundtrip_all",
     "train_throughput",
 ]
 
@@ -47,6 +50,8 @@ def test_verdict_is_pass_and_0_only_when_every_target_is_met(monkeypatch, capsys
     assert capsys.readouterr().out == "PASS: a < 1; b < 2\n"
     assert verdict({"a < 1": True, "b < 2": False}) == 1
     assert capsys.readouterr().out == "FAIL: missed b < 2\n"
+    assert verdict({}) == 1  # a run that checked nothing has not met its targets
+    assert capsys.readouterr().out.startswith("FAIL")
 
 
 @pytest.mark.parametrize(("sparsity", "status", "line"), [("0.1", 1, "FAIL"), ("0.98", 0, "PASS")])

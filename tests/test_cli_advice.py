@@ -153,3 +153,34 @@ def test_a_study_directory_keeps_its_run_set_unless_rebound(tmp_path, capsys) ->
     assert code == 0, err
     rows = open_store(tmp_path / "study").rows(include_old=True)
     assert len(rows) == 4 and sum(r.status == "done" for r in rows) == 4
+
+
+def test_empty_layer_advice_works_for_plan_and_for_train(tmp_path, capsys) -> None:
+    plan = ["plan", "--model", "small_cnn", "--width", "0.25", "--in-channels", "1", "--sparsity", "0.99"]
+    plan += ["--distribution", "uniform"]
+    code, _, err = run(plan, capsys)
+    assert code == 2 and "--allow-empty-layers" in err, err
+    code, _, err = run([*plan, "--allow-empty-layers"], capsys)
+    assert code == 0, err
+
+    config = write_config(tmp_path / "c.yaml", tiny_config("epochs=1", "eval=false"))
+    train = ["train", "--config", str(config), "--quiet", "model.width=0.25", "sparsity=0.99"]
+    train += ["sparsity.distribution=uniform"]
+    code, _, err = run([*train, "--out", str(tmp_path / "refused")], capsys)
+    assert code == 2, err
+    advised = re.search(r"train, study: (\S+=true)", err)
+    assert advised, err
+    assert not (tmp_path / "refused").exists()
+    code, _, err = run([*train, advised.group(1), "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+
+
+def test_running_out_of_memory_is_one_line_and_exit_2(monkeypatch, capsys) -> None:
+    from randsparse.cli import plan as cli_plan
+
+    def allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(cli_plan, "build_model_from_args", allocate)
+    code, _, err = run(["plan", "--model", "resnet20", "--sparsity", "0.5"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "out of memory" in err, err

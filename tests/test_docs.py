@@ -304,3 +304,26 @@ def test_a_hand_edit_of_the_readme_table_is_caught(tmp_path) -> None:
     edited = readme.replace(script.END, "| made up | 99.9 % |\n" + script.END)
     assert script.with_table(edited, script.readme_table()) != edited
     assert script.with_table(edited, script.readme_table()) == readme
+
+
+def test_no_doc_repeats_a_table_row() -> None:
+    """A merged page must not keep two versions of a row (the union of two edits of one table).
+
+    Rows are keyed by their first cell within one table and, in a table split by bold group rows
+    (the module map), within one group.
+    """
+    repeated = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        seen: set[str] = set()
+        for line in page.read_text().splitlines():
+            if not line.startswith("|"):
+                seen = set()  # a new table
+                continue
+            key = line.split("|")[1].strip()
+            if key.startswith("**"):
+                seen = set()  # a new group of the same table
+            elif key.startswith("`"):
+                if key in seen:
+                    repeated.append(f"{page.relative_to(ROOT)}: {key}")
+                seen.add(key)
+    assert not repeated, "table rows repeated:\n  " + "\n  ".join(repeated)

@@ -66,6 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """True for a failed allocation: `MemoryError` (numpy), `torch.OutOfMemoryError`, torch's CPU allocator."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
     """Run the chosen command; a user-facing failure becomes one line on stderr and an exit code."""
     try:
@@ -76,6 +83,14 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     except KeyboardInterrupt:
         print(f"randsparse {args.command}: interrupted; run the same command again to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        print(
+            f"randsparse {args.command}: error: out of memory; choose a smaller model, width or batch size",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except BrokenPipeError:  # output piped into e.g. `head`: stop quietly, as Unix tools do
         sys.stderr.close()
         return 0

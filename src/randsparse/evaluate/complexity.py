@@ -279,7 +279,9 @@ def _count_uses(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
         # Buffers are cloned so that even a module that updates them in eval mode changes nothing.
         buffers = {name: b.clone() for name, b in model.named_buffers(remove_duplicate=False)}
         counter = _WeightUseCounter({id(p): name for name, p in model.named_parameters()})
-        with torch.no_grad(), counter:
+        # Grad mode on, as on the meta device: under no_grad, eval-mode attention takes a fused path
+        # whose projection weights the counter would not see (one sample: the graph is small).
+        with torch.enable_grad(), counter:
             functional_call(model, buffers, (torch.zeros((1, *input_shape), dtype=dtype, device=device),))
         return counter.macs
 

@@ -232,7 +232,8 @@ def refuse_empty_layers(plan: SparsityPlan, densities_at: Callable[[float], Mapp
             advice = f"the highest sparsity that keeps a weight in every layer is {highest:.6f}"
     raise InfeasibleBudgetError(
         f"{source} leaves {len(empty)} layer(s) with no weights, which disconnects the network: {shown};"
-        f" {advice}; or allow empty layers (sparsity.options.allow_empty_layers: true, --allow-empty-layers)"
+        f" {advice}; or allow empty layers (plan: --allow-empty-layers; train, study:"
+        " sparsity.options.allow_empty_layers=true)"
     )
 
 

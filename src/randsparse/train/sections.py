@@ -169,10 +169,13 @@ class SparsityConfig(_Section):
                 raise ValueError(f"custom_file applies to distribution custom, not {self.distribution!r}")
             if "densities" in self.options:
                 raise ValueError("give the custom densities either in sparsity.options.densities or custom_file")
+        # `allow_empty_layers` is an option of the plan (any rule), not of the rule itself.
+        if not isinstance(self.options.get("allow_empty_layers", False), bool):
+            raise ValueError("options.allow_empty_layers must be true or false")
         _call_options(
             f"distribution {self.distribution!r}",
             get_distribution(self.distribution),
-            self.options,
+            {k: v for k, v in self.options.items() if k != "allow_empty_layers"},
             ("shapes", "density", "scores"),
         )
         scorer = ratio_method(self.distribution)
