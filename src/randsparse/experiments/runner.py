@@ -17,7 +17,7 @@ from typing import Any
 from randsparse import data as datasets
 from randsparse.errors import ConfigError
 from randsparse.experiments.executors import Executor, Outcome, make_executor, run_dir_of
-from randsparse.experiments.store import FINISHED, ResultsStore, owner_id
+from randsparse.experiments.store import FINISHED, ResultsStore, RunRow, owner_id
 from randsparse.experiments.study import RunSpec, StudyConfig, expand
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,14 @@ def prepare(
     or overrides that change run identities) raises `ConfigError` before anything is written,
     unless `rebind` (then runs no longer in the set are kept, with their results, out of the study).
     """
-    specs = _expand_known(study, base, study_dir)
-    _check_binding(Path(study_dir), [s.id for s in specs], rebind)
+    specs, _ = _checked_specs(study, base, study_dir, rebind)
+    return _sync(study, base, study_dir, specs, retry_failed), specs
+
+
+def _sync(
+    study: StudyConfig, base: dict[str, Any], study_dir: str | Path, specs: list[RunSpec], retry_failed: bool
+) -> ResultsStore:
+    """Create or update the store so it holds exactly `specs` as the study; re-queue dead drivers' runs."""
     store = open_store(study_dir)
     store.sync(
         [(s.id, s.config.model_dump(mode="json"), s.point) for s in specs],
@@ -66,22 +72,30 @@ def prepare(
     _requeue(store)
     if retry_failed:
         log.info("re-queued %d failed or diverged run(s)", store.retry())
-    return store, specs
+    return store
 
 
-def _expand_known(study: StudyConfig, base: dict[str, Any], study_dir: str | Path) -> list[RunSpec]:
-    """The study's runs, each under the id an existing store knows it by (runs of older releases keep theirs)."""
+def _checked_specs(
+    study: StudyConfig, base: dict[str, Any], study_dir: str | Path, rebind: bool
+) -> tuple[list[RunSpec], list[RunRow]]:
+    """The study's runs and the rows an existing store holds (none without a store), from one read of it.
+
+    Each run keeps the id the store knows it by (runs of older releases keep theirs); a store bound to
+    another run set is refused unless `rebind`. Nothing is written.
+    """
     specs = expand(study, base)
     if not (Path(study_dir) / STORE_NAME).is_file():
-        return specs
-    known = {row.id for row in open_store(study_dir).rows(include_old=True)}
-    return [spec.known_as(known) for spec in specs]
+        return specs, []
+    store = open_store(study_dir)
+    rows = store.rows(include_old=True)
+    known = {row.id for row in rows}
+    specs = [spec.known_as(known) for spec in specs]
+    if not rebind:
+        _check_binding(Path(study_dir), {row.id for row in store.rows()}, [s.id for s in specs])
+    return specs, rows
 
 
-def _check_binding(study_dir: Path, ids: list[str], rebind: bool) -> None:
-    if rebind or not (study_dir / STORE_NAME).is_file():
-        return
-    bound = {row.id for row in open_store(study_dir).rows()}
+def _check_binding(study_dir: Path, bound: set[str], ids: list[str]) -> None:
     if bound and bound != set(ids):
         added, dropped = len(set(ids) - bound), len(bound - set(ids))
         raise ConfigError(
@@ -126,37 +140,28 @@ def run_study(
     pending or running: runs another driver holds are waited for, and taken over if that driver dies.
     `rebind` lets `study_dir` take another run set than the one it holds (see `prepare`).
     """
-    specs = _expand_known(study, base, study_dir)
-    _check_binding(Path(study_dir), [s.id for s in specs], rebind)
-    settled = _settled_ids(study_dir, retry_failed)
-    check_data([s for s in specs if s.id not in settled])
+    specs, rows = _checked_specs(study, base, study_dir, rebind)
+    settled = ("done",) if retry_failed else FINISHED  # runs that will not run again need no data
+    check_data([s for s in specs if s.id not in {row.id for row in rows if row.status in settled}])
     engine: Executor = make_executor(executor, workers=workers, address=address, **executor_options)
     try:
-        return _drive(study, base, study_dir, engine, retry_failed, rebind, on_progress, heartbeat_seconds)
+        return _drive(study, base, study_dir, specs, engine, retry_failed, on_progress, heartbeat_seconds)
     finally:
         engine.shutdown()
-
-
-def _settled_ids(study_dir: str | Path, retry_failed: bool) -> set[str]:
-    """Ids of the runs an existing store says will not run again (none when there is no store yet)."""
-    if not (Path(study_dir) / STORE_NAME).is_file():
-        return set()
-    settled = ("done",) if retry_failed else FINISHED
-    return {row.id for row in open_store(study_dir).rows(include_old=True) if row.status in settled}
 
 
 def _drive(
     study: StudyConfig,
     base: dict[str, Any],
     study_dir: str | Path,
+    specs: list[RunSpec],
     engine: Executor,
     retry_failed: bool,
-    rebind: bool,
     on_progress: Callable[[StudyStatus], None] | None,
     heartbeat_seconds: float,
 ) -> StudyStatus:
     """The driver loop: claim, submit, record, heartbeat, until no run is pending or running."""
-    store, _ = prepare(study, base, study_dir, retry_failed, rebind)
+    store = _sync(study, base, study_dir, specs, retry_failed)
     owner = owner_id()
     in_flight: dict[Any, str] = {}
     durations: list[float] = []
