@@ -34,6 +34,7 @@ _datasets = names_from("randsparse.data", "available_datasets")
 _distributions = names_from("randsparse.sparsity", "available_distributions")
 _scorers = names_from("randsparse.sparsity", "available_scorers")
 _sampling_modes = names_from("randsparse.sparsity.masks", "SAMPLING_MODES")
+_methods = names_from("randsparse.sparsity.methods", "available_methods")
 _optimizers = names_from("randsparse.train.optim", "available_optimizers")
 _schedules = names_from("randsparse.train.optim", "available_schedules")
 _backends = names_from("randsparse.train.distributed", "BACKENDS")
@@ -149,6 +150,12 @@ class SparsityConfig(_Section):
     score_options: dict[str, Any] = Field(
         default_factory=dict, description="options of the saliency score (e.g. num_batches, temperature, rounds)"
     )
+    method: Annotated[str, registered("sparsity method", _methods)] = Field(
+        default="static", description="sparse-training method: static (masks fixed), or one that moves them"
+    )
+    method_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the sparse-training method (e.g. update_every, drop_fraction)"
+    )
 
     @model_validator(mode="after")
     def _prune_sets_the_ratio_rule(self) -> SparsityConfig:
@@ -177,6 +184,15 @@ class SparsityConfig(_Section):
             get_distribution(self.distribution),
             {k: v for k, v in self.options.items() if k != "allow_empty_layers"},
             ("shapes", "density", "scores"),
+        )
+        from randsparse.sparsity.methods import get_method
+        from randsparse.sparsity.methods.base import LOOP_ARGUMENTS
+
+        _call_options(
+            f"sparsity method {self.method!r}",
+            get_method(self.method).__init__,
+            self.method_options,
+            ("self", *LOOP_ARGUMENTS),
         )
         scorer = ratio_method(self.distribution)
         if scorer is not None:
