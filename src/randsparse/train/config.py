@@ -21,6 +21,7 @@ from randsparse.storage import read_mapping
 from randsparse.train.sections import (
     DataConfig,
     DistributedConfig,
+    LoggingConfig,
     ModelConfig,
     OptimConfig,
     ScheduleConfig,
@@ -31,6 +32,7 @@ from randsparse.train.sections import (
 __all__ = [
     "DataConfig",
     "DistributedConfig",
+    "LoggingConfig",
     "ModelConfig",
     "OptimConfig",
     "ScheduleConfig",
@@ -69,7 +71,16 @@ class TrainConfig(_Section):
     checkpoint_every_steps: int | None = Field(
         default=None, ge=1, le=INT64_MAX, description="also checkpoint every N steps (an int64)"
     )
-    tensorboard: bool = Field(default=False, description="also log to TensorBoard (needs the tensorboard package)")
+    tensorboard: bool = Field(
+        default=False, description="also log to TensorBoard, per step and per epoch (needs the tensorboard package)"
+    )
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="experiment tracking (MLflow); see docs/integrations.md"
+    )
+    compile: bool | str = Field(
+        default=False,
+        description="train through torch.compile: true (default backend) or a backend name, e.g. aot_eager",
+    )
     eval: RunEvalConfig = Field(
         default_factory=RunEvalConfig, description="evaluation of the best model at the end of training"
     )
@@ -133,13 +144,14 @@ class TrainConfig(_Section):
 
     @property
     def global_batch_size(self) -> int:
-        """Examples per optimizer step over all processes: `data.batch_size` x `world_size`."""
-        return self.data.batch_size * self.world_size
+        """Examples per optimizer step, all processes: `data.batch_size` x `world_size` x `optim.accumulate_steps`."""
+        return self.data.batch_size * self.world_size * self.optim.accumulate_steps
 
     @property
     def is_dense(self) -> bool:
-        """True when nothing is pruned."""
-        return self.sparsity.sparsity == 0.0
+        """True when nothing is pruned (no sparsity and no saved masks)."""
+        saved = self.sparsity.masks_file is not None or self.sparsity.masks_from_run is not None
+        return self.sparsity.sparsity == 0.0 and not saved
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -22,6 +22,7 @@ from randsparse.evaluate.runner import run as run_suite
 from randsparse.train.checkpoint import load_checkpoint
 from randsparse.train.config import DataConfig, TrainConfig
 from randsparse.train.distributed import Distributed, model_state_tensors
+from randsparse.train.ema import evaluated_weights, swap_in
 from randsparse.train.setup import Datasets
 from randsparse.train.state import Run
 
@@ -129,14 +130,18 @@ def final_evaluation(run: Run, data: Datasets, batch_size: int) -> dict[str, Any
     """
     dist = run.dist
     loader = eval_loader(shard(data.test, dist), batch_size, run.config.data.workers, run.device)
+    current = None
+    if run.ema is not None:  # with optim.ema_decay the average is what is tested
+        current = {k: v.clone() for k, v in run.model.state_dict().items()}
+        swap_in(run.model, run.ema.average)
     last = evaluate_accuracy(run.model, loader, run.loss_fn, run.device, run.amp_dtype, dist)
     best = last
-    current = None
     best_epoch = run.progress.best_epoch or run.progress.epoch
     if best_epoch != run.progress.epoch:  # the same decision on every rank: progress is reduced
-        current = {k: v.clone() for k, v in run.model.state_dict().items()}
+        if current is None:
+            current = {k: v.clone() for k, v in run.model.state_dict().items()}
         if dist.is_main:
-            run.model.load_state_dict(load_checkpoint(run.run_dir.best_checkpoint)["model"])
+            run.model.load_state_dict(evaluated_weights(load_checkpoint(run.run_dir.best_checkpoint)))
         dist.broadcast_from_main(model_state_tensors(run.model), "loading the best model")
         best = evaluate_accuracy(run.model, loader, run.loss_fn, run.device, run.amp_dtype, dist)
     result = {

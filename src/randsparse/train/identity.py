@@ -3,8 +3,8 @@
 The id (`config_hash`) hashes a canonical form of the config that holds only what changes the
 trained model: options left at their defaults are left out (so adding an option with a default
 changes no id), and so are the execution-only options (`EXECUTION_ONLY`: where and how a run
-computes, not what). The global batch, ``data.batch_size x world_size``, stands for
-`data.batch_size` (2 x 64 and 1 x 128 are the same experiment), and a dense run carries no
+computes, not what). The global batch, ``data.batch_size x world_size x optim.accumulate_steps``, stands for
+`data.batch_size` (2 x 64, 1 x 128 and 1 x 64 accumulated twice are the same experiment), and a dense run carries no
 sparsity section (it is the same run whatever rule it would have pruned with).
 
 The canonical form is versioned (`IDENTITY_VERSION`, folded into the hash and saved in every
@@ -34,8 +34,12 @@ EXECUTION_ONLY: dict[str, Any] = {
     "device": True,
     "checkpoint_every_steps": True,
     "tensorboard": True,
+    "logging": True,  # experiment tracking (MLflow): where a run reports, not what it computes
+    "compile": True,  # torch.compile runs the same steps
     "eval": True,  # evaluation reads the trained model; it never changes it
     "data": {"root": True, "download": True, "workers": True, "eval_batch_size": True},
+    # Micro-batches per optimizer step: the global batch they make up is hashed (as `data.batch_size`).
+    "optim": {"accumulate_steps": True},
     # How many processes share the global batch is where a run computes, like `device`; the global
     # batch itself is hashed (as `data.batch_size`), so 2 x 64 and 1 x 128 are the same experiment.
     "distributed": True,

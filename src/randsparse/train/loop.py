@@ -30,12 +30,16 @@ from randsparse.errors import ConfigError, RandsparseError
 from randsparse.seeding import mix, seed_everything
 from randsparse.sparsity import MaskSet, attach, masks_from_model
 from randsparse.train import precision
+from randsparse.train.accumulation import micro_batches
 from randsparse.train.checkpoint import Progress
+from randsparse.train.compiled import compiled
 from randsparse.train.config import TrainConfig
 from randsparse.train.distributed import Distributed, persistent_buffers, resume_command, session, with_world_size
+from randsparse.train.ema import WeightEMA, averaged
 from randsparse.train.evaluation import check_eval_data, eval_loader, evaluate_accuracy, final_evaluation, shard
 from randsparse.train.identity import config_hash
 from randsparse.train.optim import build_loss, build_optimizer, build_scheduler
+from randsparse.train.pretrained import load_initial_weights
 from randsparse.train.progress import EpochProgress
 from randsparse.train.rundir import RunDir
 from randsparse.train.setup import (
@@ -51,6 +55,7 @@ from randsparse.train.setup import (
 from randsparse.train.signals import Interrupted, StopRequest, stop_on_signals
 from randsparse.train.state import Run, RunFiles, restore, starting_state
 from randsparse.train.summary import static_summary
+from randsparse.train.tracking import open_tracker
 
 __all__ = ["Diverged", "EpochBatchSampler", "EpochSampler", "Interrupted", "evaluate_accuracy", "fit"]
 
@@ -77,6 +82,7 @@ def _prepare(
     dist.check_masks(masks_from_model(model))  # what each rank enforces, not what it was sent
     scheduler = build_scheduler(optimizer, config.schedule, steps, config.epochs, config.optim.lr)
     scaler = precision.build_scaler(config, device, amp_dtype)
+    ema = WeightEMA(model, config.optim.ema_decay) if config.optim.ema_decay is not None else None
     return Run(
         config,
         run_dir,
@@ -84,7 +90,7 @@ def _prepare(
         RunFiles(run_dir, writes=dist.is_main),
         device,
         model,
-        dist.wrap(model),
+        compiled(dist.wrap(model), config.compile),
         masks,
         optimizer,
         scheduler,
@@ -93,6 +99,7 @@ def _prepare(
         build_loss(config.optim),
         Progress(),
         config_hash(config),
+        ema=ema,
     )
 
 
@@ -112,27 +119,31 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, ba
         with dist.guard(what):
             inputs = inputs.to(run.device, non_blocking=True)
             targets = targets.to(run.device, non_blocking=True)
-            with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-                logits = run.net(inputs)
-                loss = run.loss_fn(logits.float(), targets)
-            local = torch.stack(
-                [
-                    loss.detach().double() * targets.numel(),
-                    (logits.argmax(1) == targets).sum().double(),
-                    torch.tensor(float(targets.numel()), dtype=torch.float64, device=loss.device),
-                    torch.tensor(float(bool(stop)), dtype=torch.float64, device=loss.device),
-                ]
-            )
+            run.optimizer.zero_grad(set_to_none=True)
+            local = torch.zeros(4, dtype=torch.float64, device=inputs.device)
+            # One micro-batch unless optim.accumulate_steps asks for more (see accumulation.py).
+            for x, y, share, sync in micro_batches(run.net, inputs, targets, config.optim.accumulate_steps):
+                with sync:
+                    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+                        logits = run.net(x)
+                        loss = run.loss_fn(logits.float(), y)
+                    run.scaler.scale(loss if share == 1.0 else loss * share).backward()
+                local[0] += loss.detach().double() * y.numel()
+                local[1] += (logits.argmax(1) == y).sum().double()
+                local[2] += y.numel()
+            local[3] = float(bool(stop))
             loss_sum, correct, count, stops = dist.sum(local, what)
             if not math.isfinite(loss_sum):
                 raise Diverged(f"loss became {loss_sum / count} at epoch {epoch + 1}, step {progress.global_step + 1}")
-            run.optimizer.zero_grad(set_to_none=True)
-            run.scaler.scale(loss).backward()
             if config.optim.grad_clip is not None:
                 run.scaler.unscale_(run.optimizer)
                 nn.utils.clip_grad_norm_(run.model.parameters(), config.optim.grad_clip)
             run.scaler.step(run.optimizer)
             run.scaler.update()
+            if run.ema is not None:
+                run.ema.update(run.model)
+        if run.tracker is not None:
+            run.tracker.log_step(progress.global_step + 1, _step_values(run, loss_sum / count))
         run.scheduler.step()
         progress.global_step += 1
         progress.batch_in_epoch += 1
@@ -213,13 +224,17 @@ def _draw_masks_on_main(
 
 
 def _train_batches(config: TrainConfig, size: int, dist: Distributed) -> EpochBatchSampler:
-    """This process's batch sampler; several processes take full global batches only."""
-    batch = config.data.batch_size
+    """This process's batch sampler; several processes take full global batches only.
+
+    With `optim.accumulate_steps` k, each batch holds k micro-batches (`accumulation.micro_batches`).
+    """
+    batch = config.data.batch_size * config.optim.accumulate_steps
     if dist.active:
         if size < config.global_batch_size:
             raise ConfigError(
                 f"the training set ({size} examples) is smaller than one global batch ({dist.world_size} processes"
-                f" x data.batch_size {batch}); use fewer processes or a smaller data.batch_size"
+                f" x data.batch_size {config.data.batch_size} x optim.accumulate_steps"
+                f" {config.optim.accumulate_steps}); use fewer processes or a smaller data.batch_size"
             )
         drop_last = True
     else:
@@ -240,6 +255,8 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
         seed_everything(config.seed)
         data = build_datasets(config.data)
         model = build_model(config.model, data.info)  # initialised from the run's seed, the same on every rank
+        if config.model.init_from is not None:  # prune-then-finetune: the user's weights, then the masks
+            load_initial_weights(model, config.model.init_from)
         input_shape = data.info.shape
         check_model_input(model, input_shape, config.model.name)
         check_eval_data(config, data.info)
@@ -248,8 +265,8 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
         run = _prepare(config, run_dir, model, masks, batches.steps_per_epoch, dist)
         if dist.rank > 0:  # rank 0 continues the single-process stream; the others get their own (dropout)
             seed_everything(mix(config.seed, dist.rank))
-        if config.tensorboard and dist.is_main:
-            run.writer = _tensorboard_writer(run_dir.path / "tensorboard")
+        if dist.is_main:
+            run.tracker = open_tracker(config, run_dir.path, masks)
         if state is not None:
             restore(run, state)
             log.info("resuming %s at epoch %d, step %d", run_dir.path, run.progress.epoch + 1, run.progress.global_step)
@@ -277,6 +294,7 @@ def _train_and_test(
     if data.val is not None:
         val_loader = eval_loader(shard(data.val, dist), eval_size, config.data.workers, run.device)
     show = bool(show_progress) and dist.is_main
+    summary = None
     try:
         run.files.update_summary(
             **static_summary(run, data, data.info.shape), status="running", epochs=run.progress.epoch
@@ -293,37 +311,40 @@ def _train_and_test(
             raise Interrupted(f"stopped by {stop.signal} before the final test; finish it with: {again}", stop.signal)
         stop.phase = f"during the final test (training is complete and saved); finish it with: {again}"
         final = final_evaluation(run, data, eval_size)
+        summary = run.files.update_summary(
+            **final,
+            status="completed",
+            epochs=run.progress.epoch,
+            best_val_accuracy=run.progress.best_val_accuracy,
+            best_epoch=run.progress.best_epoch,
+            train_seconds=run.progress.train_seconds,
+            finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        )
     except Diverged as exc:
         log.error("%s; keeping the last good checkpoint", exc)
-        return run.files.update_summary(status="diverged", error=str(exc), epochs=run.progress.epoch)
+        summary = run.files.update_summary(status="diverged", error=str(exc), epochs=run.progress.epoch)
     except Interrupted:
-        run.files.update_summary(
+        summary = run.files.update_summary(
             status="interrupted", epochs=run.progress.epoch, train_seconds=run.progress.train_seconds
         )
         raise
     except BaseException as exc:
-        run.files.update_summary(status="failed", error=f"{type(exc).__name__}: {exc}")
+        summary = run.files.update_summary(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        if run.writer is not None:
-            run.writer.close()
-    return run.files.update_summary(
-        **final,
-        status="completed",
-        epochs=run.progress.epoch,
-        best_val_accuracy=run.progress.best_val_accuracy,
-        best_epoch=run.progress.best_epoch,
-        train_seconds=run.progress.train_seconds,
-        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    )
+        if run.tracker is not None:
+            run.tracker.close(summary)
+    return summary
 
 
-def _tensorboard_writer(path: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError("tensorboard=true needs TensorBoard: pip install 'randsparse[tensorboard]'") from None
-    return SummaryWriter(str(path))
+def _step_values(run: Run, loss: float) -> dict[str, float]:
+    """What TensorBoard gets every optimizer step: the step's mean loss, learning rate(s) and loss scale."""
+    values = {"train_loss": loss, "lr": run.optimizer.param_groups[0]["lr"]}
+    for index, group in enumerate(run.optimizer.param_groups[1:], start=1):
+        values[f"lr_group{index}"] = group["lr"]
+    if run.scaler.is_enabled():
+        values["loss_scale"] = float(run.scaler.get_scale())
+    return values
 
 
 def _finish_epoch(run: Run, epoch: int, row: dict[str, Any], val_loader: DataLoader | None) -> None:
@@ -333,7 +354,8 @@ def _finish_epoch(run: Run, epoch: int, row: dict[str, Any], val_loader: DataLoa
     run.dist.broadcast_from_main(persistent_buffers(run.model), "the end of the epoch")
     val = {}
     if val_loader is not None:
-        val = evaluate_accuracy(run.model, val_loader, run.loss_fn, run.device, run.amp_dtype, run.dist)
+        with averaged(run.model, run.ema):  # with optim.ema_decay, the average is what is validated
+            val = evaluate_accuracy(run.model, val_loader, run.loss_fn, run.device, run.amp_dtype, run.dist)
     lr = run.optimizer.param_groups[0]["lr"]
     record = {
         "epoch": epoch + 1,
@@ -355,11 +377,8 @@ def _finish_epoch(run: Run, epoch: int, row: dict[str, Any], val_loader: DataLoa
     run.save(run.run_dir.last_checkpoint)
     run.files.write_metrics(progress.history)
     run.files.update_summary(epochs=progress.epoch, best_val_accuracy=progress.best_val_accuracy)
-    if run.writer is not None:
-        for key, value in record.items():
-            if key not in ("epoch", "step") and isinstance(value, (int, float)):
-                run.writer.add_scalar(key, value, epoch + 1)
-        run.writer.flush()
+    if run.tracker is not None:
+        run.tracker.log_epoch(epoch + 1, record)
     if not run.dist.is_main:
         return
     val_text = f", val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if val else ""

@@ -54,6 +54,8 @@ COMMON_OPTIM_OPTIONS = (
     "no_decay_norm",
     "label_smoothing",
     "grad_clip",
+    "accumulate_steps",
+    "ema_decay",
 )
 
 

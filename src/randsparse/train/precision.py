@@ -13,13 +13,19 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the run (None: full precision).
 
-    `amp_dtype` ``auto`` is bfloat16 where the GPU supports it, else float16. Raises `ConfigError`
-    when `amp` is on and `device` is not CUDA (the CPU has no fp16 autocast worth training with).
+    `amp_dtype` ``auto`` is bfloat16 where the GPU supports it, else float16. On the CPU only an
+    explicit ``amp_dtype: bf16`` runs (CPU autocast to bfloat16, no loss scaling). Raises
+    `ConfigError` when `amp` is on with fp16 or auto and `device` is not CUDA (the CPU has no fp16
+    autocast worth training with).
     """
     if not config.amp:
         return None
+    if device.type == "cpu" and config.amp_dtype == "bf16":
+        return torch.bfloat16
     if device.type != "cuda":
-        raise ConfigError(f"amp needs a CUDA device, but this run is on {device.type}; set amp=false")
+        raise ConfigError(
+            f"amp needs a CUDA device, but this run is on {device.type}; set amp=false (or amp_dtype=bf16 on the CPU)"
+        )
     if config.amp_dtype == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return _DTYPES[config.amp_dtype]

@@ -15,6 +15,7 @@ from randsparse.models import ModelSpec
 from randsparse.sparsity import MaskSet, prunable_shapes
 from randsparse.train.checkpoint import load_checkpoint
 from randsparse.train.config import TrainConfig
+from randsparse.train.ema import evaluated_weights
 from randsparse.train.identity import checkpoint_matches
 from randsparse.train.rundir import RunDir
 
@@ -58,7 +59,7 @@ def load_run(run_dir: str | Path, which: Literal["best", "last"] = "best") -> Lo
     with torch.random.fork_rng(devices=[]):  # initial weights are overwritten: leave the global RNG alone
         model = ModelSpec.from_config(config.model, info).build()
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(evaluated_weights(state))  # with optim.ema_decay: the weight average
     except RuntimeError as exc:
         raise FileFormatError(f"{str(path)!r} does not fit the model: {first_line(exc)}") from None
     masks = None

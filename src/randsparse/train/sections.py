@@ -72,6 +72,11 @@ class ModelConfig(_Section):
         default=None, ge=1, le=MAX_DEPTH, description=f"depth (models with a depth knob), at most {MAX_DEPTH}"
     )
     options: dict[str, Any] = Field(default_factory=dict, description="other builder options, e.g. init_mode")
+    init_from: str | None = Field(
+        default=None,
+        description="start from the weights in this file (a state dict, a randsparse or Lightning checkpoint),"
+        " then prune and train: prune-then-finetune",
+    )
 
     @model_validator(mode="after")
     def _options_fit_the_builder(self) -> ModelConfig:
@@ -156,6 +161,26 @@ class SparsityConfig(_Section):
     method_options: dict[str, Any] = Field(
         default_factory=dict, description="options of the sparse-training method (e.g. update_every, drop_fraction)"
     )
+    masks_file: str | None = Field(
+        default=None, description="train the masks saved in this file (`randsparse plan --save-masks`), not a draw"
+    )
+    masks_from_run: str | None = Field(
+        default=None, description="train the masks of this run directory (those of its last checkpoint)"
+    )
+
+    @model_validator(mode="after")
+    def _saved_masks_replace_the_draw(self) -> SparsityConfig:
+        """A saved draw gives the masks: the options that would draw them must stay at their defaults."""
+        given = [k for k in ("masks_file", "masks_from_run") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError("give the masks either in masks_file or masks_from_run, not both")
+        if given:
+            drawing = ("sparsity", "distribution", "options", "custom_file", "sampling", "seed", "include", "exclude")
+            drawing += ("prune", "score_options")
+            for name in drawing:
+                if getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True):
+                    raise ValueError(f"{given[0]} gives the masks (and their sparsity); drop {name}")
+        return self
 
     @model_validator(mode="after")
     def _prune_sets_the_ratio_rule(self) -> SparsityConfig:
@@ -224,6 +249,20 @@ class OptimConfig(_Section):
     )
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     grad_clip: float | None = Field(default=None, gt=0, description="clip the gradient norm to this value")
+    accumulate_steps: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_BATCH,
+        description="micro-batches of data.batch_size per optimizer step (gradient accumulation); the global"
+        " batch is data.batch_size x processes x accumulate_steps",
+    )
+    ema_decay: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the weights with this decay (e.g. 0.999), and"
+        " validate, test, evaluate and export the average",
+    )
 
     @field_validator("betas", mode="before")
     @classmethod
@@ -309,3 +348,28 @@ class DistributedConfig(_Section):
     sync_batchnorm: bool = Field(
         default=False, description="normalise over the global batch (SyncBatchNorm, CUDA only), not each process's"
     )
+
+
+class LoggingConfig(_Section):
+    """Experiment tracking beyond the run directory: MLflow (TensorBoard is the top-level `tensorboard`).
+
+    Execution-only: where a run reports, never what it computes.
+    """
+
+    mlflow: bool = Field(default=False, description="log config, metrics, summary and masks to MLflow")
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; empty: a SQLite store mlflow.db in the output directory (a study's"
+        " directory for its runs)",
+    )
+    experiment: str = Field(default="randsparse", min_length=1, description="MLflow experiment name")
+    parent_run_id: str | None = Field(
+        default=None, description="MLflow run this run is a child of (a study sets it for its runs)"
+    )
+
+    @model_validator(mode="after")
+    def _needs_mlflow(self) -> LoggingConfig:
+        for name in ("tracking_uri", "parent_run_id"):
+            if getattr(self, name) is not None and not self.mlflow:
+                raise ValueError(f"{name} needs mlflow=true")
+        return self

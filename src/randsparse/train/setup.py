@@ -21,6 +21,7 @@ from randsparse.models import ModelSpec
 from randsparse.sparsity import MaskSet, PrunableSelector, load_custom_densities, plan_sparsity
 from randsparse.sparsity.saliency import ratio_method
 from randsparse.train.config import DataConfig, ModelConfig, SparsityConfig
+from randsparse.train.saved_masks import masks_of_file, masks_of_run
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +120,16 @@ def draw_masks(
 ) -> MaskSet | None:
     """Masks of a `SparsityConfig` for `model`; None for a dense run.
 
+    A saved draw (`masks_file`, `masks_from_run`) is read and checked against `model` instead
+    (`randsparse.train.saved_masks`; `MaskMismatchError` when it does not fit).
+
     Score-based rules (``snip_ratio`` ..., or ``prune:``) score a copy of `model` on `score_data`
     (the training set without augmentation) or, data-free, on `input_shape`.
     """
+    if config.masks_file is not None or config.masks_from_run is not None:
+        if config.masks_file is not None:
+            return masks_of_file(config.masks_file, model)
+        return masks_of_run(config.masks_from_run, model)
     if config.sparsity == 0.0:
         return None
     options = dict(config.options)

@@ -1,7 +1,8 @@
 """The live state of a run: its objects (`Run`), its files as one process sees them, and checkpoint save/restore.
 
-A checkpoint holds the model, masks, optimizer, schedule, scaler, progress and every rank's RNG
-states; restoring one refuses a checkpoint of another config or other masks without touching disk.
+A checkpoint holds the model, masks, optimizer, schedule, scaler, progress, every rank's RNG
+states and, with `optim.ema_decay`, the weight average; restoring one refuses a checkpoint of
+another config or other masks without touching disk.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class Run:
     loss_fn: nn.Module
     progress: Progress
     identity: str
-    writer: Any = None  # TensorBoard SummaryWriter, when asked for
+    tracker: Any = None  # TensorBoard / MLflow (`tracking.Tracker`), when asked for
+    ema: Any = None  # the weight average (`ema.WeightEMA`), with optim.ema_decay
 
     def checkpoint_payload(self, rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
         """What a checkpoint holds; `rank_rng` are the RNG states of every rank, rank 0's first."""
@@ -100,6 +102,8 @@ class Run:
         }
         if len(rank_rng) > 1:
             payload["rank_rng"] = rank_rng
+        if self.ema is not None:
+            payload["ema"] = self.ema.state_dict()
         return payload
 
     def save(self, path: Path) -> None:
@@ -159,6 +163,8 @@ def restore(run: Run, state: dict[str, Any]) -> None:
         run.scheduler.load_state_dict(state["scheduler"])
         run.scaler.load_state_dict(state["scaler"])
         run.progress = Progress.from_dict(state["progress"])
+        if run.ema is not None:
+            run.ema.load_state_dict(state["ema"])
         restore_rank_rng(run, state)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
