@@ -112,7 +112,7 @@ def masks_summary(masks: MaskSet | None) -> dict[str, Any]:
         {"name": s.name, "shape": list(s.shape), "params": s.params, "kept": s.kept, "density": s.density}
         for s in masks.summary()
     ]
-    totals = {"params": masks.num_params, "kept": masks.num_kept, "density": masks.density}
+    totals = {"params": masks.num_params(), "kept": masks.num_kept(), "density": masks.density()}
     return {"dense": False, **totals, "layers": layers}
 
 
