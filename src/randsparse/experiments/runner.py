@@ -19,6 +19,7 @@ from randsparse.errors import ConfigError
 from randsparse.experiments.executors import Executor, Outcome, make_executor, run_dir_of
 from randsparse.experiments.store import FINISHED, ResultsStore, RunRow, owner_id
 from randsparse.experiments.study import RunSpec, StudyConfig, expand
+from randsparse.train.tracking import finish_study_run, study_parent_run
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ def run_study(
     check_data([s for s in specs if s.id not in {row.id for row in rows if row.status in settled}])
     engine: Executor = make_executor(executor, workers=workers, address=address, **executor_options)
     try:
-        return _drive(study, base, study_dir, specs, engine, retry_failed, on_progress, heartbeat_seconds)
+        tracked = _study_tracking(study, specs, study_dir)  # MLflow's parent run, before the store changes
+        return _drive(study, base, study_dir, specs, engine, retry_failed, on_progress, heartbeat_seconds, tracked)
     finally:
         engine.shutdown()
 
@@ -159,6 +161,7 @@ def _drive(
     retry_failed: bool,
     on_progress: Callable[[StudyStatus], None] | None,
     heartbeat_seconds: float,
+    tracked: tuple[str, str] | None = None,
 ) -> StudyStatus:
     """The driver loop: claim, submit, record, heartbeat, until no run is pending or running."""
     store = _sync(study, base, study_dir, specs, retry_failed)
@@ -184,7 +187,7 @@ def _drive(
                 row = store.claim(owner)
                 if row is None:
                     break
-                handle = engine.submit(row.id, row.spec, run_dir_of(study_dir, row.id))
+                handle = engine.submit(row.id, _tracked(row.spec, tracked), run_dir_of(study_dir, row.id))
                 in_flight[handle] = row.id
             status = report()
             if not in_flight:
@@ -207,10 +210,36 @@ def _drive(
         engine.interrupt()
         for run_id in in_flight.values():
             store.finish(run_id, "pending", error="the study process stopped while it ran")
+        if tracked is not None:
+            finish_study_run(*tracked, status="KILLED")
         raise
+    if tracked is not None:
+        finish_study_run(*tracked, status="KILLED" if stopping else "FINISHED")
     if stopping:
         raise KeyboardInterrupt
     return report()
+
+
+def _study_tracking(study: StudyConfig, specs: list[RunSpec], study_dir: str | Path) -> tuple[str, str] | None:
+    """(tracking URI, MLflow run id) of the study's parent run when its runs log to MLflow, else None.
+
+    The parent lives in the runs' store (``logging.tracking_uri``, else ``mlflow.db`` in the study
+    directory) and is found again when the study resumes.
+    """
+    logged = [spec.config.logging for spec in specs if spec.config.logging.mlflow]
+    if not logged:
+        return None
+    return study_parent_run(logged[0], study_dir, study.name)
+
+
+def _tracked(spec: dict[str, Any], tracked: tuple[str, str] | None) -> dict[str, Any]:
+    """A run's config as submitted: with MLflow on, logging to the study's store as a child of its run."""
+    logging_section = spec.get("logging") or {}
+    if tracked is None or not logging_section.get("mlflow"):
+        return spec
+    uri, parent = tracked
+    logging_section = {**logging_section, "tracking_uri": logging_section.get("tracking_uri") or uri}
+    return {**spec, "logging": {**logging_section, "parent_run_id": parent}}
 
 
 def _requeue(store: ResultsStore) -> None:

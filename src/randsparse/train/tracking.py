@@ -50,12 +50,18 @@ def default_tracking_uri(directory: str | Path) -> str:
     return f"sqlite:///{(Path(directory).resolve() / STORE_FILE).as_posix()}"
 
 
-def _experiment_id(client: Any, config: LoggingConfig, directory: Path) -> str:
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside its file (MLflow's default is the working directory)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / ARTIFACTS_DIR).as_uri()
+    return None  # a tracking server decides where artifacts go
+
+
+def _experiment_id(client: Any, config: LoggingConfig, uri: str) -> str:
     experiment = client.get_experiment_by_name(config.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = None if config.tracking_uri else (directory.resolve() / ARTIFACTS_DIR).as_uri()
-    return client.create_experiment(config.experiment, artifact_location=artifacts)
+    return client.create_experiment(config.experiment, artifact_location=_artifact_location(uri))
 
 
 def _client(config: LoggingConfig, directory: Path) -> tuple[Any, str]:
@@ -64,7 +70,7 @@ def _client(config: LoggingConfig, directory: Path) -> tuple[Any, str]:
     uri = config.tracking_uri or default_tracking_uri(directory)
     try:
         client = mlflow.tracking.MlflowClient(tracking_uri=uri)
-        return client, _experiment_id(client, config, directory)
+        return client, _experiment_id(client, config, uri)
     except Exception as exc:  # MLflow raises many kinds for an unreachable or broken store
         raise ConfigError(f"cannot open the MLflow store {uri!r}: {first_line(exc)}") from None
 
