@@ -55,7 +55,7 @@ from randsparse.train.setup import (
 from randsparse.train.signals import Interrupted, StopRequest, stop_on_signals
 from randsparse.train.state import Run, RunFiles, restore, starting_state
 from randsparse.train.summary import static_summary
-from randsparse.train.tracking import open_tracker
+from randsparse.train.tracking import open_tracker, step_values
 
 __all__ = ["Diverged", "EpochBatchSampler", "EpochSampler", "Interrupted", "evaluate_accuracy", "fit"]
 
@@ -143,7 +143,7 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, ba
             if run.ema is not None:
                 run.ema.update(run.model)
         if run.tracker is not None:
-            run.tracker.log_step(progress.global_step + 1, _step_values(run, loss_sum / count))
+            run.tracker.log_step(progress.global_step + 1, step_values(run.optimizer, run.scaler, loss_sum / count))
         run.scheduler.step()
         progress.global_step += 1
         progress.batch_in_epoch += 1
@@ -335,16 +335,6 @@ def _train_and_test(
         if run.tracker is not None:
             run.tracker.close(summary)
     return summary
-
-
-def _step_values(run: Run, loss: float) -> dict[str, float]:
-    """What TensorBoard gets every optimizer step: the step's mean loss, learning rate(s) and loss scale."""
-    values = {"train_loss": loss, "lr": run.optimizer.param_groups[0]["lr"]}
-    for index, group in enumerate(run.optimizer.param_groups[1:], start=1):
-        values[f"lr_group{index}"] = group["lr"]
-    if run.scaler.is_enabled():
-        values["loss_scale"] = float(run.scaler.get_scale())
-    return values
 
 
 def _finish_epoch(run: Run, epoch: int, row: dict[str, Any], val_loader: DataLoader | None) -> None:

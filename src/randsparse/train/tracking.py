@@ -173,6 +173,16 @@ def _identity(config: TrainConfig) -> str:
     return config_hash(config)
 
 
+def step_values(optimizer: Any, scaler: Any, loss: float) -> dict[str, float]:
+    """What TensorBoard gets every optimizer step: its mean loss, learning rate(s) and (fp16) loss scale."""
+    values = {"train_loss": loss, "lr": optimizer.param_groups[0]["lr"]}
+    for index, group in enumerate(optimizer.param_groups[1:], start=1):
+        values[f"lr_group{index}"] = group["lr"]
+    if scaler.is_enabled():
+        values["loss_scale"] = float(scaler.get_scale())
+    return values
+
+
 class Tracker:
     """Where a run reports beyond its directory; every sink is optional and never stops training."""
 
