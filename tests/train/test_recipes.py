@@ -281,3 +281,19 @@ def test_tensorboard_gets_every_step_and_every_epoch(tmp_path) -> None:
     assert len(events.Scalars("step/lr")) == len(steps)
     assert [e.step for e in events.Scalars("train_loss")] == [1, 2]
     assert last["status"] == summary["status"] == "completed"
+
+
+def test_the_launch_check_and_a_study_read_the_users_files_before_anything_starts(tmp_path) -> None:
+    from randsparse.experiments.study import StudyConfig, expand
+    from randsparse.train.loop import check_before_launch
+
+    with pytest.raises(FileFormatError, match=r"model\.init_from .* does not exist"):
+        check_before_launch(tiny_config(f"model.init_from={tmp_path / 'absent.pt'}"), tmp_path / "a")
+    _saved_draw(tmp_path, tiny_config("model.width=1.0"))
+    with pytest.raises(MaskMismatchError, match="do not fit the model"):
+        check_before_launch(tiny_config("sparsity=0", f"sparsity.masks_file={tmp_path / 'masks.pt'}"), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    base = json.loads(tiny_config("sparsity=0").model_dump_json())
+    base["sparsity"]["masks_file"] = str(tmp_path / "absent.pt")
+    with pytest.raises(FileFormatError, match=r"absent\.pt"):
+        expand(StudyConfig(grid={"seed": [0, 1]}, dense_baselines=False), base)

@@ -60,6 +60,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _default_out(config: TrainConfig) -> Path:
     kind = "dense" if config.is_dense else f"s{config.sparsity.sparsity:g}-{config.sparsity.distribution}"
+    if config.sparsity.masks_file is not None or config.sparsity.masks_from_run is not None:
+        kind = "saved-masks"
     width = f"-w{config.model.width:g}" if config.model.width is not None else ""
     stem = f"{config.model.name}{width}-{config.data.name}-{kind}"
     paths = [Path("runs") / f"{stem}-{run_id[:8]}" for run_id in run_ids(config)]

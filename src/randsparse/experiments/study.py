@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from randsparse.errors import ConfigError, validation_message
 from randsparse.sparsity.distributions import load_custom_densities
+from randsparse.sparsity.masks import load_masks
 from randsparse.train.config import TrainConfig, apply_overrides, build_config, read_yaml
 from randsparse.train.identity import run_ids
 
@@ -135,6 +136,8 @@ def _add(specs: dict[str, RunSpec], base: dict[str, Any], point: dict[str, Any])
     config = build_config(apply_overrides(base, overrides), f"at grid point {point}", what="study run")
     if not config.is_dense and config.sparsity.custom_file is not None:
         load_custom_densities(config.sparsity.custom_file)
+    if config.sparsity.masks_file is not None:
+        load_masks(config.sparsity.masks_file)  # a missing or damaged mask file fails the study, not its runs
     run_id, *legacy = run_ids(config)
     if run_id not in specs:
         specs[run_id] = RunSpec(run_id, config, point, tuple(legacy))

@@ -196,15 +196,21 @@ def check_before_launch(config: TrainConfig, out_dir: str | Path, *, resume: boo
     """Refuse once, before any process of a multi-process run starts, what each process would refuse.
 
     Checks the run directory, the dataset (downloading it here, once, when `data.download` allows),
-    the OOD sets of the evaluation and whether the model takes the dataset's input; raises the
+    the OOD sets of the evaluation, whether the model takes the dataset's input, and the files of
+    `model.init_from` and of saved masks; raises the
     `RandsparseError` `fit` would raise. Used by ``randsparse train --nproc N`` before torchrun.
     """
     starting_state(RunDir(out_dir), resume, config)
     data = config.data
     build_dataset(data.name, split="test", root=data.root, download=data.download, **data.options)
     info = dataset_info(data.name, root=data.root, **data.options)
-    check_model_input(build_model(config.model, info), info.shape, config.model.name)
+    model = build_model(config.model, info)
+    check_model_input(model, info.shape, config.model.name)
     check_eval_data(config, info)
+    if config.model.init_from is not None:
+        load_initial_weights(model, config.model.init_from)
+    if config.sparsity.masks_file is not None or config.sparsity.masks_from_run is not None:
+        draw_masks(config.sparsity, model, config.mask_seed)  # a saved draw: read and checked only
 
 
 def _draw_masks_on_main(
