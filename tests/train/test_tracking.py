@@ -9,9 +9,11 @@ import signal
 import sys
 
 import pytest
+import torch
 
 from randsparse.errors import ConfigError
 from randsparse.train import Interrupted, config_hash, fit
+from randsparse.train.checkpoint import load_checkpoint
 from randsparse.train.tracking import default_tracking_uri, flat_params
 from tests.train._runs import tiny_config
 
@@ -86,6 +88,10 @@ def test_a_run_logs_config_metrics_summary_and_masks_and_a_resume_continues_it(
         masks = json.load(handle)
     assert not masks["dense"] and abs(masks["density"] - 0.2) < 0.01 and masks["layers"]
     assert (out / "mlartifacts").is_dir(), "artifacts stay beside the run, never in the working directory"
+    # Tracking is execution-only in effect too: the same weights as a run without it.
+    fit(tiny_config("eval=false"), tmp_path / "plain")
+    tracked, plain = (load_checkpoint(d / "checkpoints/last.pt")["model"] for d in (out, tmp_path / "plain"))
+    assert all(torch.equal(tracked[k], plain[k]) for k in plain)
 
 
 def test_a_study_logs_a_parent_run_with_its_runs_as_children(tmp_path, empty_store) -> None:

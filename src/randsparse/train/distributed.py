@@ -108,7 +108,7 @@ def with_world_size(config: TrainConfig, world_size: int) -> TrainConfig:
         section = config.distributed.model_copy(update={"world_size": world_size})
         return config.model_copy(update={"distributed": section})
     if declared != world_size:
-        batch = config.global_batch_size
+        batch = config.data.batch_size * declared  # the global batch of one micro-batch per process
         keep = ""
         if batch % world_size == 0:
             keep = (

@@ -273,13 +273,19 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
             seed_everything(mix(config.seed, dist.rank))
         if dist.is_main:
             run.tracker = open_tracker(config, run_dir.path, masks)
-        if state is not None:
-            restore(run, state)
-            log.info("resuming %s at epoch %d, step %d", run_dir.path, run.progress.epoch + 1, run.progress.global_step)
-        else:
-            run.files.write_config(config)
-            log.info("training into %s", run_dir.path)
-        run.files.write_metrics(run.progress.history)
+        try:
+            if state is not None:
+                restore(run, state)
+                at = (run.progress.epoch + 1, run.progress.global_step)
+                log.info("resuming %s at epoch %d, step %d", run_dir.path, *at)
+            else:
+                run.files.write_config(config)
+                log.info("training into %s", run_dir.path)
+            run.files.write_metrics(run.progress.history)
+        except BaseException:
+            if run.tracker is not None:
+                run.tracker.close()
+            raise
         return _train_and_test(run, data, batches, stop, again, show_progress)
 
 

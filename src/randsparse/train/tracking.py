@@ -16,12 +16,18 @@ is never lost to its tracker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import random
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from randsparse.errors import ConfigError, first_line
 from randsparse.sparsity import MaskSet
@@ -35,6 +41,18 @@ _RUN_DIR_TAG = "randsparse.run_dir"
 _STUDY_DIR_TAG = "randsparse.study_dir"
 _STATUS = {"completed": "FINISHED", "interrupted": "KILLED"}  # anything else: FAILED
 _PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+
+
+@contextlib.contextmanager
+def _rng_kept() -> Iterator[None]:
+    """The global Python, NumPy and torch (CPU) RNG states as they were: a tracker never moves a run's streams."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
 
 
 def _mlflow() -> Any:
@@ -163,7 +181,8 @@ class MlflowRun:
 
     def finish(self, summary: dict[str, Any]) -> None:
         self._log(_numbers({k: v for k, v in summary.items() if k not in ("sparsity", "world_size")}))
-        self.client.log_dict(self.run_id, summary, "summary.json")
+        if len(summary) > 1:
+            self.client.log_dict(self.run_id, summary, "summary.json")
         self.client.set_terminated(self.run_id, status=_STATUS.get(summary.get("status", ""), "FAILED"))
 
 
@@ -192,7 +211,8 @@ class Tracker:
 
     def _guard(self, sink: str, action: Any) -> None:
         try:
-            action()
+            with _rng_kept():
+                action()
         except Exception as exc:  # a tracker must never lose the run it tracks
             log.warning("%s logging failed, and is off for the rest of this run: %s", sink, first_line(exc))
             setattr(self, sink, None)
@@ -220,12 +240,12 @@ class Tracker:
             self._guard("mlflow", lambda: run.log_epoch(epoch, record))
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
-        """End every sink; `summary` (the run's, with its status) goes to MLflow."""
+        """End every sink; `summary` (the run's, with its status) goes to MLflow (none: the run failed)."""
         if self.tensorboard is not None:
             self._guard("tensorboard", self.tensorboard.close)
-        if self.mlflow is not None and summary is not None:
+        if self.mlflow is not None:
             run = self.mlflow
-            self._guard("mlflow", lambda: run.finish(summary))
+            self._guard("mlflow", lambda: run.finish(summary or {"status": "failed"}))
 
 
 def open_tracker(config: TrainConfig, run_dir: Path, masks: MaskSet | None) -> Tracker | None:
@@ -239,7 +259,8 @@ def open_tracker(config: TrainConfig, run_dir: Path, masks: MaskSet | None) -> T
         except ImportError:
             raise ConfigError("tensorboard=true needs TensorBoard: pip install 'randsparse[tensorboard]'") from None
         writer = SummaryWriter(str(run_dir / "tensorboard"))
-    mlflow_run = MlflowRun(config, run_dir, masks) if config.logging.mlflow else None
+    with _rng_kept():
+        mlflow_run = MlflowRun(config, run_dir, masks) if config.logging.mlflow else None
     return Tracker(writer, mlflow_run)
 
 
