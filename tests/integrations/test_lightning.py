@@ -99,6 +99,17 @@ def test_sparsity_zero_leaves_the_module_dense(tmp_path) -> None:
     assert callback.masks is None and callback.state_dict() == {}
 
 
+def test_bad_arguments_fail_when_the_callback_is_made() -> None:
+    from randsparse.errors import ConfigError, UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="erk"):
+        RandomPruning(distribution="nope")
+    with pytest.raises(ConfigError, match="sparsity must be in"):
+        RandomPruning(sparsity=1.0)
+    with pytest.raises(ConfigError, match="unknown sampling"):
+        RandomPruning(sampling="nope")
+
+
 def test_without_lightning_the_import_is_one_line_naming_the_extra(monkeypatch) -> None:
     for name in [n for n in sys.modules if n == "lightning" or n.startswith("lightning.")]:
         monkeypatch.setitem(sys.modules, name, None)

@@ -34,6 +34,8 @@ except ImportError:  # pragma: no cover - exercised in an environment without Li
 
 from randsparse.errors import ConfigError, MaskMismatchError
 from randsparse.sparsity import FixedMask, MaskSet, PrunableSelector, attach, plan_sparsity
+from randsparse.sparsity.distributions import get_distribution
+from randsparse.sparsity.masks import SAMPLING_MODES
 
 __all__ = ["RandomPruning"]
 
@@ -59,7 +61,8 @@ class RandomPruning(pl.Callback):
         verbose: log the density of each layer when the masks are attached.
         **options: options of the density rule (e.g. ``erk_power_scale``).
 
-    Raises `InfeasibleBudgetError` (at fit start) when the masks would empty a layer,
+    Raises `UnknownNameError` (at once) for an unknown `distribution`, `ConfigError` for a sparsity
+    outside [0, 1) or an unknown `sampling`, `InfeasibleBudgetError` (at fit start) when the masks would empty a layer,
     `MaskMismatchError` when restored masks do not fit the module, `ConfigError` for a strategy
     that shards parameters. `masks` holds the masks (a `MaskSet`, bool tensors shaped like the
     weights) once drawn or restored.
@@ -80,6 +83,9 @@ class RandomPruning(pl.Callback):
     ) -> None:
         if not 0.0 <= sparsity < 1.0:
             raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}")
+        get_distribution(distribution)  # an unknown rule fails here, listing the known ones
+        if sampling not in SAMPLING_MODES:
+            raise ConfigError(f"unknown sampling {sampling!r}; known: {', '.join(SAMPLING_MODES)}")
         self.sparsity = float(sparsity)
         self.distribution = distribution
         self.seed = seed
