@@ -115,7 +115,18 @@ def test_gmp_cubic_schedule_values():
             assert kept[step] == method.target_counts(step)["w"]
     # pruned count 90 (1 - (t/500))^3 complement, rounded: 44, 71, 84, 89, 90
     assert kept == {100: 56, 200: 29, 300: 16, 400: 11, 500: 10}
-    assert _positions(masks["w"]) == [0, 1, 2, 3, 4, 95, 96, 97, 98, 99]  # the largest |w| (50, 49, ...), ties -> lower index
+    assert _positions(masks["w"]) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        95,
+        96,
+        97,
+        98,
+        99,
+    ]  # largest |w|; ties: lower index dropped
     assert method.target_counts(150)["w"] == 56 and method.target_counts(50)["w"] == 100
 
 

@@ -47,7 +47,9 @@ class SparsityMethod:
         self.plan_counts: dict[str, int] = {}
         self.plan_sizes: dict[str, int] = {}
 
-    def start(self, plan: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    def start(
+        self, plan: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]
+    ) -> Mapping[str, torch.Tensor]:
         """The masks training starts from; records the plan's per-layer active counts (the targets).
 
         The base returns `plan` itself (a static run trains exactly the drawn masks). Called on a

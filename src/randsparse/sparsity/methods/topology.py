@@ -23,7 +23,9 @@ from randsparse.sparsity.methods.base import SparsityMethod
 def _order(scores: torch.Tensor, descending: bool) -> torch.Tensor:
     """Flat positions sorted by score (stable: ties keep the lower index first)."""
     flat = scores.detach().reshape(-1).double()
-    flat = torch.nan_to_num(flat, nan=0.0, posinf=torch.finfo(torch.float64).max, neginf=-torch.finfo(torch.float64).max)
+    flat = torch.nan_to_num(
+        flat, nan=0.0, posinf=torch.finfo(torch.float64).max, neginf=-torch.finfo(torch.float64).max
+    )
     return torch.sort(flat, descending=descending, stable=True).indices
 
 
@@ -70,9 +72,7 @@ def random_scores(mask: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.rand(mask.shape, generator=generator, dtype=torch.float64)
 
 
-def drop_and_grow(
-    mask: torch.Tensor, weight: torch.Tensor, grow_scores: torch.Tensor, fraction: float
-) -> torch.Tensor:
+def drop_and_grow(mask: torch.Tensor, weight: torch.Tensor, grow_scores: torch.Tensor, fraction: float) -> torch.Tensor:
     """Drop ``round(fraction × active)`` active weights of smallest magnitude, grow as many by `grow_scores`.
 
     Growth candidates are every position inactive after the drop, the ones just dropped included
@@ -103,7 +103,9 @@ def fraction_step(fraction: float, total_steps: int) -> int:
     return round(fraction * total_steps)
 
 
-def check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
+def check_range(
+    name: str, value: float, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> None:
     """Refuse an option outside [low, high] (or the open ends asked for) with a one-line `ConfigError`."""
     below = value <= low if low_open else value < low
     above = value >= high if high_open else value > high
