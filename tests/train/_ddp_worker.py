@@ -4,7 +4,9 @@ Run as ``python tests/train/_ddp_worker.py DUMP_DIR [train arguments]`` under to
 torchrun environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) set
 by hand. After every epoch each rank writes its masks and weights to ``DUMP_DIR/rank{R}-epoch{E}.pt``.
 ``RANDSPARSE_TEST_DIE=R:S`` makes rank R kill itself (SIGKILL) right after its optimizer step S;
-``RANDSPARSE_TEST_FLIP_MASK=R`` flips one mask bit on rank R before its masks are attached.
+``RANDSPARSE_TEST_FLIP_MASK=R`` flips one mask bit on rank R before its masks are attached;
+``RANDSPARSE_TEST_DUMP_UPDATES=1`` makes every rank write its masks after every sparse-training
+update to ``DUMP_DIR/rank{R}-update{S}.pt``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,19 @@ def _install_probes(dump: Path, rank: int) -> None:
             return attach(model, MaskSet(changed), *args)
 
         loop.attach = flip_and_attach
+
+
+    if os.environ.get("RANDSPARSE_TEST_DUMP_UPDATES"):
+        import randsparse.train.dynamic as dynamic
+
+        update = dynamic.SparseTraining._update
+
+        def update_and_dump(self: Any, step: int) -> None:
+            update(self, step)
+            masks = {name: mask.clone() for name, mask in self.handle.masks.items()}
+            torch.save({"masks": masks}, dump / f"rank{rank}-update{step}.pt")
+
+        dynamic.SparseTraining._update = update_and_dump
 
 
 def main() -> int:

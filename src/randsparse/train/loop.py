@@ -29,9 +29,11 @@ from randsparse.data import build as build_dataset
 from randsparse.errors import ConfigError, RandsparseError
 from randsparse.seeding import mix, seed_everything
 from randsparse.sparsity import MaskSet, attach, masks_from_model
+from randsparse.sparsity.methods import get_method
 from randsparse.train import precision
 from randsparse.train.checkpoint import Progress
 from randsparse.train.config import TrainConfig
+from randsparse.train.dynamic import SparseTraining
 from randsparse.train.distributed import Distributed, persistent_buffers, resume_command, session, with_world_size
 from randsparse.train.evaluation import check_eval_data, eval_loader, evaluate_accuracy, final_evaluation, shard
 from randsparse.train.identity import config_hash
@@ -62,7 +64,13 @@ class Diverged(RandsparseError):
 
 
 def _prepare(
-    config: TrainConfig, run_dir: RunDir, model: nn.Module, masks: MaskSet | None, steps: int, dist: Distributed
+    config: TrainConfig,
+    run_dir: RunDir,
+    model: nn.Module,
+    masks: MaskSet | None,
+    steps: int,
+    dist: Distributed,
+    input_shape: tuple[int, ...] = (),
 ) -> Run:
     device = dist.device
     amp_dtype = precision.amp_dtype(config, device)
@@ -72,8 +80,13 @@ def _prepare(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     optimizer = build_optimizer(model, config.optim)
-    if masks is not None:
-        attach(model, masks, optimizer)
+    # The method says which masks training starts from: the plan (static, SET, RigL) or denser (GMP).
+    method = get_method(config.sparsity.method)(steps * config.epochs, **config.sparsity.method_options)
+    plan, handle = masks, None
+    if plan is not None:
+        params = dict(model.named_parameters())
+        masks = MaskSet(method.start(plan, {name: params[name].detach() for name in plan}))
+        handle = attach(model, masks, optimizer)
     dist.check_masks(masks_from_model(model))  # what each rank enforces, not what it was sent
     scheduler = build_scheduler(optimizer, config.schedule, steps, config.epochs, config.optim.lr)
     scaler = precision.build_scaler(config, device, amp_dtype)
@@ -93,6 +106,8 @@ def _prepare(
         build_loss(config.optim),
         Progress(),
         config_hash(config),
+        plan=plan,
+        sparse=SparseTraining(method, model, handle, plan, config.mask_seed, dist, input_shape),
     )
 
 
@@ -109,6 +124,7 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, ba
     every = config.checkpoint_every_steps
     for inputs, targets in loader:
         what = f"step {progress.global_step + 1}"
+        run.sparse.before_step(progress.global_step + 1)
         with dist.guard(what):
             inputs = inputs.to(run.device, non_blocking=True)
             targets = targets.to(run.device, non_blocking=True)
@@ -135,6 +151,7 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, ba
             run.scaler.update()
         run.scheduler.step()
         progress.global_step += 1
+        run.sparse.after_step(progress.global_step, count)  # the method's update, if this is its step
         progress.batch_in_epoch += 1
         sums["loss"] += loss_sum
         sums["correct"] += correct
@@ -245,7 +262,7 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
         check_eval_data(config, data.info)
         masks = _draw_masks_on_main(config, model, input_shape, dist)
         batches = _train_batches(config, len(data.train), dist)
-        run = _prepare(config, run_dir, model, masks, batches.steps_per_epoch, dist)
+        run = _prepare(config, run_dir, model, masks, batches.steps_per_epoch, dist, input_shape)
         if dist.rank > 0:  # rank 0 continues the single-process stream; the others get their own (dropout)
             seed_everything(mix(config.seed, dist.rank))
         if config.tensorboard and dist.is_main:
@@ -314,6 +331,7 @@ def _train_and_test(
         best_val_accuracy=run.progress.best_val_accuracy,
         best_epoch=run.progress.best_epoch,
         train_seconds=run.progress.train_seconds,
+        **run.sparse.summary(),  # itop_rate, mask_change, mask_updates, train_flops
         finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -342,6 +360,7 @@ def _finish_epoch(run: Run, epoch: int, row: dict[str, Any], val_loader: DataLoa
         "val_loss": val.get("loss"),
         "val_accuracy": val.get("accuracy"),
         "step": progress.global_step,
+        **run.sparse.epoch_metrics(),  # itop_rate, mask_change, mask_updates
     }
     progress.history.append(record)
     progress.epoch = epoch + 1

@@ -123,7 +123,7 @@ def check_every(value: int) -> None:
 class DropAndGrow(SparsityMethod):
     """Base of the fixed-count methods (SET, RigL): every ΔT steps, per layer, drop by magnitude, grow by a score.
 
-    Updates happen after steps ``ΔT, 2ΔT, ...`` up to ``end_fraction × T``, never after the last
+    Updates happen after steps ``ΔT, 2ΔT, ...`` before ``end_fraction × T`` (rounded), never after the last
     step (a weight grown then could not train). Each layer keeps the plan's active count, so the
     layer-wise rule's densities hold throughout. Subclasses give `drop_fraction_at` and `grow_scores`.
     """
@@ -142,7 +142,7 @@ class DropAndGrow(SparsityMethod):
         self.updates = 0
 
     def is_update_step(self, step: int) -> bool:
-        return step > 0 and step % self.update_every == 0 and step <= self.end_step and step < self.total_steps
+        return step > 0 and step % self.update_every == 0 and step < self.end_step and step < self.total_steps
 
     def drop_fraction_at(self, step: int) -> float:
         """ζ_t: the fraction of each layer's active weights moved after step `step`."""
