@@ -63,7 +63,6 @@ def _install_probes(dump: Path, rank: int) -> None:
 
         loop.attach = flip_and_attach
 
-
     if os.environ.get("RANDSPARSE_TEST_DUMP_UPDATES"):
         import randsparse.train.dynamic as dynamic
 

@@ -265,7 +265,7 @@ class Distributed:
         return values.tolist()
 
     def average(self, tensors: Iterable[torch.Tensor], what: str) -> None:
-        """Replace `tensors` (the same list, shapes and order on every rank) in place by their mean over the processes."""
+        """Replace `tensors` (same list, shapes and order on every rank) in place by their mean over the processes."""
         if not self.active:
             return
         with self.guard(what):

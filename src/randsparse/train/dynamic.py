@@ -139,7 +139,7 @@ class SparseTraining:
         return row
 
     def summary(self) -> dict[str, Any]:
-        """The summary's DST fields: ``itop_rate``, ``mask_change`` (mean per update), ``mask_updates``, ``train_flops``."""
+        """The summary's DST fields: ``itop_rate``, ``mask_change`` (per update), ``mask_updates``, ``train_flops``."""
         return {
             "itop_rate": self.itop_rate(),
             "mask_change": self.change_sum / self.updates if self.updates else 0.0,

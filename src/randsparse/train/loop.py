@@ -33,8 +33,8 @@ from randsparse.sparsity.methods import get_method
 from randsparse.train import precision
 from randsparse.train.checkpoint import Progress
 from randsparse.train.config import TrainConfig
-from randsparse.train.dynamic import SparseTraining
 from randsparse.train.distributed import Distributed, persistent_buffers, resume_command, session, with_world_size
+from randsparse.train.dynamic import SparseTraining
 from randsparse.train.evaluation import check_eval_data, eval_loader, evaluate_accuracy, final_evaluation, shard
 from randsparse.train.identity import config_hash
 from randsparse.train.optim import build_loss, build_optimizer, build_scheduler

@@ -1,7 +1,8 @@
 """The live state of a run: its objects (`Run`), its files as one process sees them, and checkpoint save/restore.
 
 A checkpoint holds the model, the current masks, optimizer, schedule, scaler, progress, the
-sparse-training method's state (schedule, ITOP masks, metric sums) and every rank's RNG states; restoring one refuses a checkpoint of another config or other masks without touching disk.
+sparse-training method's state (schedule, ITOP masks, metric sums) and every rank's RNG states;
+restoring one refuses a checkpoint of another config or other masks without touching disk.
 """
 
 from __future__ import annotations
