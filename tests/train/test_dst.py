@@ -179,3 +179,33 @@ def test_bad_method_options_are_one_line_errors_with_exit_2(tmp_path, capsys, ov
     with pytest.raises(ConfigError):
         tiny_config("sparsity.method=rigl", override)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_step_the_loss_scaler_skips_does_not_move_the_update_steps(tmp_path, monkeypatch):
+    import randsparse.train.loop as loop
+
+    updates = []
+    update = SparseTraining._update
+
+    def record(self, step):
+        updates.append(step)
+        update(self, step)
+
+    build_scaler = loop.precision.build_scaler
+
+    def skipping_scaler(*args, **kwargs):
+        scaler = build_scaler(*args, **kwargs)
+        calls = {"n": 0}
+        step = scaler.step
+
+        def maybe_step(optimizer, *a, **k):  # step 2 overflows: the scaler skips the optimizer step
+            calls["n"] += 1
+            return None if calls["n"] == 2 else step(optimizer, *a, **k)
+
+        scaler.step = maybe_step
+        return scaler
+
+    monkeypatch.setattr(SparseTraining, "_update", record)
+    monkeypatch.setattr(loop.precision, "build_scaler", skipping_scaler)
+    fit(tiny_config("epochs=1", "sparsity.method=set", "sparsity.method_options={update_every: 2}"), tmp_path / "r")
+    assert updates == [2, 4, 6]

@@ -45,7 +45,6 @@ class SparseTraining:
         method: SparsityMethod,
         model: nn.Module,
         handle: FixedMask | None,
-        plan: MaskSet | None,
         mask_seed: int,
         dist: Distributed,
         input_shape: Sequence[int],
@@ -53,7 +52,6 @@ class SparseTraining:
         self.method = method
         self.model = model
         self.handle = handle
-        self.plan = plan
         self.mask_seed = mask_seed
         self.dist = dist
         self.input_shape = tuple(input_shape)

@@ -86,6 +86,8 @@ def _prepare(
     if plan is not None:
         params = dict(model.named_parameters())
         masks = MaskSet(method.start(plan, {name: params[name].detach() for name in plan}))
+        if method.dynamic:  # moved in place later: never the plan's own tensors
+            masks = MaskSet({name: mask.clone() for name, mask in masks.items()})
         handle = attach(model, masks, optimizer)
     dist.check_masks(masks_from_model(model))  # what each rank enforces, not what it was sent
     scheduler = build_scheduler(optimizer, config.schedule, steps, config.epochs, config.optim.lr)
@@ -107,7 +109,7 @@ def _prepare(
         Progress(),
         config_hash(config),
         plan=plan,
-        sparse=SparseTraining(method, model, handle, plan, config.mask_seed, dist, input_shape),
+        sparse=SparseTraining(method, model, handle, config.mask_seed, dist, input_shape),
     )
 
 
