@@ -43,6 +43,31 @@ def _stop_after_step(monkeypatch, stop_step: int) -> None:
     monkeypatch.setattr(SparseTraining, "after_step", after_then_signal)
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it is written, the last periodic checkpoint is what remains."""
+
+
+def test_rigl_crashed_after_its_last_checkpoint_resumes_bit_identical(tmp_path, monkeypatch, straight_rigl):
+    straight, _ = straight_rigl
+    config = tiny_config(*RIGL, "checkpoint_every_steps=3")  # execution-only: the same run as `straight`
+    after_step = SparseTraining.after_step
+
+    def after_then_die(self, step, examples):
+        after_step(self, step, examples)
+        if step == 6:  # after the updates of steps 4 and 6; the last checkpoint is step 3's
+            raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SparseTraining, "after_step", after_then_die)
+        with pytest.raises(_Killed):
+            fit(config, tmp_path / "killed")
+    assert load_checkpoint(tmp_path / "killed/checkpoints/last.pt")["progress"]["global_step"] == 3
+    fit(config, tmp_path / "killed", resume=True)
+    a = load_checkpoint(straight / "checkpoints/last.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed/checkpoints/last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.fixture(scope="module")
 def straight_rigl(tmp_path_factory):
     out = tmp_path_factory.mktemp("rigl") / "straight"
