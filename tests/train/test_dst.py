@@ -234,3 +234,20 @@ def test_a_step_the_loss_scaler_skips_does_not_move_the_update_steps(tmp_path, m
     monkeypatch.setattr(loop.precision, "build_scaler", skipping_scaler)
     fit(tiny_config("epochs=1", "sparsity.method=set", "sparsity.method_options={update_every: 2}"), tmp_path / "r")
     assert updates == [2, 4, 6]
+
+
+@pytest.mark.parametrize(
+    "entry", ["not a mapping", {"state": {}, "train_flops": "x"}, {"state": {}, "ever_active": {"format": 0}}]
+)
+def test_a_corrupt_sparse_training_entry_is_a_file_format_error(tmp_path, straight_rigl, entry):
+    from randsparse.errors import FileFormatError
+
+    straight, _ = straight_rigl
+    state = load_checkpoint(straight / "checkpoints/last.pt")
+    if isinstance(entry, dict) and "ever_active" in entry:
+        entry = {**state["sparse_training"], **entry}
+    state["sparse_training"] = entry
+    path = tmp_path / "bad.pt"
+    save_checkpoint(path, {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(FileFormatError, match="sparse_training"):
+        load_checkpoint(path)
