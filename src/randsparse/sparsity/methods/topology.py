@@ -20,9 +20,9 @@ from randsparse.errors import ConfigError
 from randsparse.sparsity.methods.base import SparsityMethod
 
 
-def _order(scores: torch.Tensor, descending: bool) -> torch.Tensor:
-    """Flat positions sorted by score (stable: ties keep the lower index first)."""
-    flat = scores.detach().reshape(-1).double()
+def _order(scores: torch.Tensor, descending: bool, device: torch.device) -> torch.Tensor:
+    """Flat positions (on `device`) sorted by score (stable: ties keep the lower index first)."""
+    flat = scores.detach().to(device).reshape(-1).double()
     flat = torch.nan_to_num(
         flat, nan=0.0, posinf=torch.finfo(torch.float64).max, neginf=-torch.finfo(torch.float64).max
     )
@@ -42,7 +42,7 @@ def drop_lowest(mask: torch.Tensor, scores: torch.Tensor, count: int) -> torch.T
     if count == 0:
         return new
     flat_mask = mask.reshape(-1)
-    order = _order(scores, descending=False)
+    order = _order(scores, descending=False, device=mask.device)
     candidates = order[flat_mask[order]]  # active positions, lowest score first
     new.view(-1)[candidates[:count]] = False
     return new
@@ -61,7 +61,7 @@ def grow_highest(mask: torch.Tensor, scores: torch.Tensor, count: int) -> torch.
     if count == 0:
         return new
     flat_mask = mask.reshape(-1)
-    order = _order(scores, descending=True)
+    order = _order(scores, descending=True, device=mask.device)
     candidates = order[~flat_mask[order]]  # inactive positions, highest score first
     new.view(-1)[candidates[:count]] = True
     return new
