@@ -53,7 +53,9 @@ def _install_probes(dump: Path, rank: int) -> None:
         loop.build_optimizer = build_and_arm
 
     if os.environ.get("RANDSPARSE_TEST_FLIP_MASK") == str(rank):
-        attach = loop.attach
+        import randsparse.train.dynamic as dynamic
+
+        attach = dynamic.attach
 
         def flip_and_attach(model: Any, masks: MaskSet, *args: Any) -> Any:
             changed = {name: mask.clone() for name, mask in masks.items()}
@@ -61,7 +63,7 @@ def _install_probes(dump: Path, rank: int) -> None:
             changed[first].view(-1)[0] = ~changed[first].view(-1)[0]
             return attach(model, MaskSet(changed), *args)
 
-        loop.attach = flip_and_attach
+        dynamic.attach = flip_and_attach
 
     if os.environ.get("RANDSPARSE_TEST_DUMP_UPDATES"):
         import randsparse.train.dynamic as dynamic

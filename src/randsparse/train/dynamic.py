@@ -30,8 +30,9 @@ from torch import nn
 
 from randsparse.evaluate.complexity import count_flops
 from randsparse.seeding import mix, seeded_generator
-from randsparse.sparsity import FixedMask, MaskSet
-from randsparse.sparsity.methods import SparsityMethod
+from randsparse.sparsity import FixedMask, MaskSet, attach
+from randsparse.sparsity.methods import SparsityMethod, get_method
+from randsparse.train.config import TrainConfig
 from randsparse.train.distributed import Distributed
 
 CHECKPOINT_KEY = "sparse_training"
@@ -179,3 +180,28 @@ class SparseTraining:
         self.epoch_updates = int(state["epoch_updates"])
         self.epoch_change_sum = float(state["epoch_change_sum"])
         self._macs = self._count_macs()
+
+
+def start_sparse_training(
+    config: TrainConfig,
+    model: nn.Module,
+    plan: MaskSet | None,
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    dist: Distributed,
+    input_shape: Sequence[int],
+) -> SparseTraining:
+    """Build the config's method, attach the masks it starts from (`plan` itself for ``static``) to `model`.
+
+    `plan` is the layer-wise rule's draw (None for a dense run); `total_steps` the run's optimizer
+    steps. A moving method's masks are copies, never the plan's tensors.
+    """
+    method = get_method(config.sparsity.method)(total_steps, **config.sparsity.method_options)
+    handle = None
+    if plan is not None:
+        params = dict(model.named_parameters())
+        masks = MaskSet(method.start(plan, {name: params[name].detach() for name in plan}))
+        if method.dynamic:
+            masks = MaskSet({name: mask.clone() for name, mask in masks.items()})
+        handle = attach(model, masks, optimizer)
+    return SparseTraining(method, model, handle, config.mask_seed, dist, input_shape)

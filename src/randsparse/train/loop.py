@@ -28,13 +28,12 @@ from randsparse.data import EpochBatchSampler, EpochSampler, dataset_info
 from randsparse.data import build as build_dataset
 from randsparse.errors import ConfigError, RandsparseError
 from randsparse.seeding import mix, seed_everything
-from randsparse.sparsity import MaskSet, attach, masks_from_model
-from randsparse.sparsity.methods import get_method
+from randsparse.sparsity import MaskSet, masks_from_model
 from randsparse.train import precision
 from randsparse.train.checkpoint import Progress
 from randsparse.train.config import TrainConfig
 from randsparse.train.distributed import Distributed, persistent_buffers, resume_command, session, with_world_size
-from randsparse.train.dynamic import SparseTraining
+from randsparse.train.dynamic import start_sparse_training
 from randsparse.train.evaluation import check_eval_data, eval_loader, evaluate_accuracy, final_evaluation, shard
 from randsparse.train.identity import config_hash
 from randsparse.train.optim import build_loss, build_optimizer, build_scheduler
@@ -70,7 +69,7 @@ def _prepare(
     masks: MaskSet | None,
     steps: int,
     dist: Distributed,
-    input_shape: tuple[int, ...] = (),
+    input_shape: tuple[int, ...],
 ) -> Run:
     device = dist.device
     amp_dtype = precision.amp_dtype(config, device)
@@ -80,15 +79,10 @@ def _prepare(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     optimizer = build_optimizer(model, config.optim)
-    # The method says which masks training starts from: the plan (static, SET, RigL) or denser (GMP).
-    method = get_method(config.sparsity.method)(steps * config.epochs, **config.sparsity.method_options)
-    plan, handle = masks, None
-    if plan is not None:
-        params = dict(model.named_parameters())
-        masks = MaskSet(method.start(plan, {name: params[name].detach() for name in plan}))
-        if method.dynamic:  # moved in place later: never the plan's own tensors
-            masks = MaskSet({name: mask.clone() for name, mask in masks.items()})
-        handle = attach(model, masks, optimizer)
+    plan = masks  # the method says which masks training starts from (GMP: denser than the plan)
+    sparse = start_sparse_training(config, model, plan, optimizer, steps * config.epochs, dist, input_shape)
+    if sparse.handle is not None and sparse.method.dynamic:
+        masks = sparse.handle.masks
     dist.check_masks(masks_from_model(model))  # what each rank enforces, not what it was sent
     scheduler = build_scheduler(optimizer, config.schedule, steps, config.epochs, config.optim.lr)
     scaler = precision.build_scaler(config, device, amp_dtype)
@@ -109,7 +103,7 @@ def _prepare(
         Progress(),
         config_hash(config),
         plan=plan,
-        sparse=SparseTraining(method, model, handle, config.mask_seed, dist, input_shape),
+        sparse=sparse,
     )
 
 
@@ -126,7 +120,8 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, ba
     every = config.checkpoint_every_steps
     for inputs, targets in loader:
         what = f"step {progress.global_step + 1}"
-        run.sparse.before_step(progress.global_step + 1)
+        if run.sparse is not None:
+            run.sparse.before_step(progress.global_step + 1)
         with dist.guard(what):
             inputs = inputs.to(run.device, non_blocking=True)
             targets = targets.to(run.device, non_blocking=True)
@@ -153,7 +148,8 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, ba
             run.scaler.update()
         run.scheduler.step()
         progress.global_step += 1
-        run.sparse.after_step(progress.global_step, count)  # the method's update, if this is its step
+        if run.sparse is not None:
+            run.sparse.after_step(progress.global_step, count)  # the method's update, if this is its step
         progress.batch_in_epoch += 1
         sums["loss"] += loss_sum
         sums["correct"] += correct
@@ -333,7 +329,7 @@ def _train_and_test(
         best_val_accuracy=run.progress.best_val_accuracy,
         best_epoch=run.progress.best_epoch,
         train_seconds=run.progress.train_seconds,
-        **run.sparse.summary(),  # itop_rate, mask_change, mask_updates, train_flops
+        **(run.sparse.summary() if run.sparse is not None else {}),  # itop_rate, mask_change, train_flops, ...
         finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -362,7 +358,7 @@ def _finish_epoch(run: Run, epoch: int, row: dict[str, Any], val_loader: DataLoa
         "val_loss": val.get("loss"),
         "val_accuracy": val.get("accuracy"),
         "step": progress.global_step,
-        **run.sparse.epoch_metrics(),  # itop_rate, mask_change, mask_updates
+        **(run.sparse.epoch_metrics() if run.sparse is not None else {}),  # itop_rate, mask_change, mask_updates
     }
     progress.history.append(record)
     progress.epoch = epoch + 1

@@ -185,11 +185,11 @@ def restore(run: Run, state: dict[str, Any]) -> None:
 
 def _restore_masks(run: Run, masks: MaskSet, state: dict[str, Any]) -> None:
     """Enforce the checkpoint's masks: the drawn ones for a static method; a moving method's own, checked by count."""
-    method = run.sparse.method if run.sparse is not None else None
-    if method is None or not method.dynamic or run.sparse is None or run.sparse.handle is None:
+    if run.sparse is None or run.sparse.handle is None or not run.sparse.method.dynamic:
         if not masks.equal(run.masks):
             raise MaskMismatchError("the checkpoint's masks differ from the masks this config draws")
         return
+    method = run.sparse.method
     step = int(state["progress"].get("global_step", 0))
     counts = {name: int(mask.sum()) for name, mask in masks.items()}
     if counts != method.target_counts(step):
