@@ -4,7 +4,9 @@ Run as ``python tests/train/_ddp_worker.py DUMP_DIR [train arguments]`` under to
 torchrun environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) set
 by hand. After every epoch each rank writes its masks and weights to ``DUMP_DIR/rank{R}-epoch{E}.pt``.
 ``RANDSPARSE_TEST_DIE=R:S`` makes rank R kill itself (SIGKILL) right after its optimizer step S;
-``RANDSPARSE_TEST_FLIP_MASK=R`` flips one mask bit on rank R before its masks are attached.
+``RANDSPARSE_TEST_FLIP_MASK=R`` flips one mask bit on rank R before its masks are attached;
+``RANDSPARSE_TEST_DUMP_UPDATES=1`` makes every rank write its masks after every sparse-training
+update to ``DUMP_DIR/rank{R}-update{S}.pt``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ def _install_probes(dump: Path, rank: int) -> None:
         loop.build_optimizer = build_and_arm
 
     if os.environ.get("RANDSPARSE_TEST_FLIP_MASK") == str(rank):
-        attach = loop.attach
+        import randsparse.train.dynamic as dynamic
+
+        attach = dynamic.attach
 
         def flip_and_attach(model: Any, masks: MaskSet, *args: Any) -> Any:
             changed = {name: mask.clone() for name, mask in masks.items()}
@@ -59,7 +63,19 @@ def _install_probes(dump: Path, rank: int) -> None:
             changed[first].view(-1)[0] = ~changed[first].view(-1)[0]
             return attach(model, MaskSet(changed), *args)
 
-        loop.attach = flip_and_attach
+        dynamic.attach = flip_and_attach
+
+    if os.environ.get("RANDSPARSE_TEST_DUMP_UPDATES"):
+        import randsparse.train.dynamic as dynamic
+
+        update = dynamic.SparseTraining._update
+
+        def update_and_dump(self: Any, step: int) -> None:
+            update(self, step)
+            masks = {name: mask.clone() for name, mask in self.handle.masks.items()}
+            torch.save({"masks": masks}, dump / f"rank{rank}-update{step}.pt")
+
+        dynamic.SparseTraining._update = update_and_dump
 
 
 def main() -> int:

@@ -1,6 +1,7 @@
-"""Fixed-mask training: keep pruned weights at exactly zero whatever the optimizer does.
+"""Mask enforcement: keep pruned weights at exactly zero whatever the optimizer does, and move masks.
 
-`attach(model, masks, optimizer)` does three things, all undone by `FixedMask.remove()`:
+`attach(model, masks, optimizer)` does the first three, all undone by `FixedMask.remove()`; the fourth
+happens on request:
 
 1. stores each mask as a non-persistent buffer ``<weight>_randsparse_mask`` on the module owning
    the weight, so the masks follow `.to()`, `copy.deepcopy` and `torch.save(model)` without
@@ -13,6 +14,11 @@
    tensor shaped like a weight (momentum, Adam moments, ...), so neither weight decay nor stale
    state can bring a pruned weight back.
 
+4. changes the masks when a sparse-training method moves them (`FixedMask.update_masks`, the one
+   place masks change): buffers overwritten in place, weights at changed positions set to zero,
+   their gradients and optimizer state reset; `capture_dense_gradients` keeps the unmasked
+   gradients of one step for a method that grows by gradient (RigL).
+
 Any optimizer works (SGD, Adam, AdamW, under a `torch.amp.GradScaler` too): nothing here depends
 on its update rule. Hooks are not carried by `copy.deepcopy` or pickling; call `attach` again on a
 copy (`masks_from_model` reads its masks back).
@@ -22,7 +28,6 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable, Mapping
-from functools import partial
 
 import torch
 from torch import nn
@@ -41,9 +46,19 @@ BUFFER_SUFFIX = "_randsparse_mask"
 _ENFORCED: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
 
 
-def _mask_grad(module: nn.Module, buffer: str, grad: torch.Tensor) -> torch.Tensor:
-    # Read the buffer at call time, so a later `.to(device)` of the model is honoured.
-    return grad * module._buffers[buffer]
+class _GradMask:
+    """Gradient hook of one masked weight: masks the gradient, first keeping a dense copy when asked."""
+
+    def __init__(self, handle: FixedMask, name: str, module: nn.Module, buffer: str) -> None:
+        self.handle, self.name, self.module, self.buffer = handle, name, module, buffer
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        dense = self.handle._dense
+        if dense is not None:  # summed over the backward passes of one optimizer step (accumulation)
+            kept = dense.get(self.name)
+            dense[self.name] = grad.detach().clone() if kept is None else kept + grad.detach()
+        # Read the buffer at call time, so a later `.to(device)` of the model is honoured.
+        return grad * self.module._buffers[self.buffer]
 
 
 class _UnfrozenWatch:
@@ -72,6 +87,8 @@ class FixedMask:
         masks.validate(model)
         self.model = model
         self._targets: dict[int, tuple[nn.Parameter, nn.Module, str]] = {}
+        self._names: dict[str, int] = {}  # weight name -> key of `_targets`
+        self._dense: dict[str, torch.Tensor] | None = None  # unmasked gradients, while capturing
         self._handles: list[RemovableHandle] = []
         self._optimizers: list[Optimizer] = []
         # Check every layer before touching any, so a refused attach leaves the model as it was.
@@ -82,12 +99,13 @@ class FixedMask:
             assert weight is not None
             if id(weight) in _ENFORCED:
                 raise MaskMismatchError(f"masks are already attached to {name!r}; remove them first")
-            located.append((module, attr, weight, mask))
-        for module, attr, weight, mask in located:
+            located.append((name, module, attr, weight, mask))
+        for name, module, attr, weight, mask in located:
             # A copied or unpickled model may carry a stale buffer of that name: it is replaced.
             buffer = attr + BUFFER_SUFFIX
             module.register_buffer(buffer, mask.to(weight.device), persistent=False)
             self._targets[id(weight)] = (weight, module, buffer)
+            self._names[name] = id(weight)
             _ENFORCED[id(weight)] = weight
         self._hooked: set[int] = set()
         self._hook_gradients()
@@ -97,15 +115,76 @@ class FixedMask:
 
     def _hook_gradients(self) -> None:
         """Give every masked weight that now requires a gradient its masking hook (once)."""
-        for key, (weight, module, buffer) in self._targets.items():
+        for name, key in self._names.items():
+            weight, module, buffer = self._targets[key]
             if key not in self._hooked and weight.requires_grad:
-                self._handles.append(weight.register_hook(partial(_mask_grad, module, buffer)))
+                self._handles.append(weight.register_hook(_GradMask(self, name, module, buffer)))
                 self._hooked.add(key)
 
     @property
     def masks(self) -> MaskSet:
         """The attached masks, read from the model's buffers."""
         return masks_from_model(self.model)
+
+    def capture_dense_gradients(self, enabled: bool) -> None:
+        """Start (or stop) keeping each masked weight's unmasked gradient of the coming backward passes.
+
+        While capturing, the gradient hooks still mask what the optimizer, clipping and DDP see; the
+        dense copies (summed over the backward passes until `dense_gradients`) are only read by a
+        method that grows by gradient (RigL). Under AMP they carry the loss scale: a per-layer
+        ranking does not depend on it.
+        """
+        self._dense = {} if enabled else None
+
+    def dense_gradients(self) -> dict[str, torch.Tensor]:
+        """The unmasked gradients captured since `capture_dense_gradients(True)`, by weight name; stops capturing.
+
+        A weight that got no gradient is absent. Raises `MaskMismatchError` when nothing was captured.
+        """
+        if self._dense is None:
+            raise MaskMismatchError("dense gradients were not captured for this step")
+        dense, self._dense = self._dense, None
+        return dense
+
+    @torch.no_grad()
+    def update_masks(
+        self, new_masks: Mapping[str, torch.Tensor], counts: Mapping[str, int] | None = None
+    ) -> dict[str, int]:
+        """Change the attached masks in place (the one place masks move); returns positions changed per layer.
+
+        `new_masks` maps (some of) the attached weight names to bool tensors of their shapes; with
+        `counts`, each layer must hold exactly that many active positions. Every layer is checked
+        before any is changed (`MaskMismatchError` otherwise). Then, per layer: the mask buffer is
+        overwritten in place (so `.to()`-moved buffers and views of it stay valid), every position
+        whose state changed has its weight set to zero (dropped weights are pruned; regrown weights
+        start at zero, as in SET and RigL) and its gradient and every weight-shaped state tensor of
+        every watched optimizer (momentum, Adam's ``exp_avg`` / ``exp_avg_sq``, ...) reset to zero.
+        """
+        checked = []
+        for name, mask in new_masks.items():
+            if name not in self._names:
+                raise MaskMismatchError(f"no mask is attached to {name!r}")
+            weight, module, buffer = self._targets[self._names[name]]
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != weight.shape:
+                raise MaskMismatchError(f"the new mask of {name!r} is not a bool tensor of shape {tuple(weight.shape)}")
+            if counts is not None and int(mask.sum()) != counts[name]:
+                raise MaskMismatchError(
+                    f"the new mask of {name!r} keeps {int(mask.sum())} weights, not the {counts[name]} planned"
+                )
+            checked.append((name, weight, module._buffers[buffer], mask.to(weight.device)))
+        changed_counts = {}
+        for name, weight, current, mask in checked:
+            changed = current != mask
+            changed_counts[name] = int(changed.sum())
+            current.copy_(mask)
+            weight.masked_fill_(changed, 0)
+            if weight.grad is not None:
+                weight.grad.masked_fill_(changed, 0)
+            for optimizer in self._optimizers:
+                for value in optimizer.state.get(weight, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == weight.shape:
+                        value.masked_fill_(changed, 0)
+        return changed_counts
 
     def watch(self, optimizer: Optimizer) -> None:
         """Re-mask weights and `optimizer`'s state after each of its steps; zero stale state now."""
@@ -153,7 +232,9 @@ class FixedMask:
                 module._buffers.pop(buffer, None)
                 module._non_persistent_buffers_set.discard(buffer)
         self._targets.clear()
+        self._names.clear()
         self._hooked.clear()
+        self._dense = None
 
 
 def attach(

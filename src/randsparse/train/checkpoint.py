@@ -2,8 +2,9 @@
 
 A checkpoint holds the model's weights, its masks (bit-packed), the optimizer, scheduler and
 gradient-scaler states, every RNG state, the position in training (epoch, batch within it, global
-step), the per-epoch history and the best validation result so far, and the identity of the config
-that produced it. Loading refuses a file that is not a randsparse checkpoint, is corrupt, or
+step), the per-epoch history and the best validation result so far, the sparse-training method's
+state under ``sparse_training`` (absent in older checkpoints), and the identity of the config that
+produced it. Loading refuses a file that is not a randsparse checkpoint, is corrupt, or
 belongs to another config, before anything is changed.
 
 A distributed run's checkpoint is written by rank 0 and is the same file: the model's state dict
@@ -145,6 +146,17 @@ def _structure_problem(content: dict[str, Any]) -> str | None:
         isinstance(content["rank_rng"], list) and all(isinstance(r, dict) for r in content["rank_rng"])
     ):
         return "'rank_rng' is not a list of mappings"
+    sparse = content.get("sparse_training")
+    if sparse is not None:
+        if not isinstance(sparse, dict) or not isinstance(sparse.get("state"), dict):
+            return "'sparse_training' is not a mapping with the method's 'state'"
+        if not all(is_real(sparse.get(k)) for k in ("train_flops", "updates", "change_sum", "epoch_updates")):
+            return "'sparse_training' has a missing or non-numeric counter"
+        if sparse.get("ever_active") is not None:
+            try:
+                MaskSet.from_state_dict(sparse["ever_active"])
+            except MaskMismatchError as exc:
+                return f"sparse_training ever_active: {exc}"
     problem = _progress_problem(content["progress"])
     if problem:
         return problem

@@ -264,6 +264,15 @@ class Distributed:
                 dist.all_reduce(values)
         return values.tolist()
 
+    def average(self, tensors: Iterable[torch.Tensor], what: str) -> None:
+        """Replace `tensors` (same list, shapes and order on every rank) in place by their mean over the processes."""
+        if not self.active:
+            return
+        with self.guard(what):
+            for tensor in tensors:
+                dist.all_reduce(tensor)
+                tensor.div_(self.world_size)
+
     def gather_to_main(self, value: T) -> list[T] | None:
         """Every rank's `value`, in rank order, on rank 0; None on the other ranks."""
         if not self.active:

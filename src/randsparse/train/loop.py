@@ -28,13 +28,14 @@ from randsparse.data import EpochBatchSampler, EpochSampler, dataset_info
 from randsparse.data import build as build_dataset
 from randsparse.errors import ConfigError, RandsparseError
 from randsparse.seeding import mix, seed_everything
-from randsparse.sparsity import MaskSet, attach, masks_from_model
+from randsparse.sparsity import MaskSet, masks_from_model
 from randsparse.train import precision
 from randsparse.train.accumulation import micro_batches
 from randsparse.train.checkpoint import Progress
 from randsparse.train.compiled import compiled
 from randsparse.train.config import TrainConfig
 from randsparse.train.distributed import Distributed, persistent_buffers, resume_command, session, with_world_size
+from randsparse.train.dynamic import start_sparse_training
 from randsparse.train.ema import WeightEMA, averaged
 from randsparse.train.evaluation import check_eval_data, eval_loader, evaluate_accuracy, final_evaluation, shard
 from randsparse.train.identity import config_hash
@@ -67,7 +68,13 @@ class Diverged(RandsparseError):
 
 
 def _prepare(
-    config: TrainConfig, run_dir: RunDir, model: nn.Module, masks: MaskSet | None, steps: int, dist: Distributed
+    config: TrainConfig,
+    run_dir: RunDir,
+    model: nn.Module,
+    masks: MaskSet | None,
+    steps: int,
+    dist: Distributed,
+    input_shape: tuple[int, ...],
 ) -> Run:
     device = dist.device
     amp_dtype = precision.amp_dtype(config, device)
@@ -77,8 +84,10 @@ def _prepare(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     optimizer = build_optimizer(model, config.optim)
-    if masks is not None:
-        attach(model, masks, optimizer)
+    plan = masks  # the method says which masks training starts from (GMP: denser than the plan)
+    sparse = start_sparse_training(config, model, plan, optimizer, steps * config.epochs, dist, input_shape)
+    if sparse.handle is not None and sparse.method.dynamic:
+        masks = sparse.handle.masks
     dist.check_masks(masks_from_model(model))  # what each rank enforces, not what it was sent
     scheduler = build_scheduler(optimizer, config.schedule, steps, config.epochs, config.optim.lr)
     scaler = precision.build_scaler(config, device, amp_dtype)
@@ -100,6 +109,8 @@ def _prepare(
         Progress(),
         config_hash(config),
         ema=ema,
+        plan=plan,
+        sparse=sparse,
     )
 
 
@@ -116,6 +127,8 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, ba
     every = config.checkpoint_every_steps
     for inputs, targets in loader:
         what = f"step {progress.global_step + 1}"
+        if run.sparse is not None:
+            run.sparse.before_step(progress.global_step + 1)
         with dist.guard(what):
             inputs = inputs.to(run.device, non_blocking=True)
             targets = targets.to(run.device, non_blocking=True)
@@ -146,6 +159,8 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, ba
             run.tracker.log_step(progress.global_step + 1, step_values(run.optimizer, run.scaler, loss_sum / count))
         run.scheduler.step()
         progress.global_step += 1
+        if run.sparse is not None:
+            run.sparse.after_step(progress.global_step, count)  # the method's update, if this is its step
         progress.batch_in_epoch += 1
         sums["loss"] += loss_sum
         sums["correct"] += correct
@@ -268,7 +283,7 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
         check_eval_data(config, data.info)
         masks = _draw_masks_on_main(config, model, input_shape, dist)
         batches = _train_batches(config, len(data.train), dist)
-        run = _prepare(config, run_dir, model, masks, batches.steps_per_epoch, dist)
+        run = _prepare(config, run_dir, model, masks, batches.steps_per_epoch, dist, input_shape)
         if dist.rank > 0:  # rank 0 continues the single-process stream; the others get their own (dropout)
             seed_everything(mix(config.seed, dist.rank))
         if dist.is_main:
@@ -330,6 +345,7 @@ def _train_and_test(
             best_val_accuracy=run.progress.best_val_accuracy,
             best_epoch=run.progress.best_epoch,
             train_seconds=run.progress.train_seconds,
+            **(run.sparse.summary() if run.sparse is not None else {}),  # itop_rate, mask_change, train_flops, ...
             finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
     except Diverged as exc:
@@ -366,6 +382,7 @@ def _finish_epoch(run: Run, epoch: int, row: dict[str, Any], val_loader: DataLoa
         "val_loss": val.get("loss"),
         "val_accuracy": val.get("accuracy"),
         "step": progress.global_step,
+        **(run.sparse.epoch_metrics() if run.sparse is not None else {}),  # itop_rate, mask_change, mask_updates
     }
     progress.history.append(record)
     progress.epoch = epoch + 1

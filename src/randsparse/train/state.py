@@ -1,8 +1,9 @@
 """The live state of a run: its objects (`Run`), its files as one process sees them, and checkpoint save/restore.
 
-A checkpoint holds the model, masks, optimizer, schedule, scaler, progress, every rank's RNG
-states and, with `optim.ema_decay`, the weight average; restoring one refuses a checkpoint of
-another config or other masks without touching disk.
+A checkpoint holds the model, the current masks, optimizer, schedule, scaler, progress, the
+sparse-training method's state (schedule, ITOP masks, metric sums), every rank's RNG states and,
+with `optim.ema_decay`, the weight average; restoring one refuses a checkpoint of another config or
+other masks without touching disk.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from randsparse.train.checkpoint import (
 )
 from randsparse.train.config import TrainConfig
 from randsparse.train.distributed import Distributed
+from randsparse.train.dynamic import CHECKPOINT_KEY, SparseTraining
 from randsparse.train.identity import IDENTITY_VERSION, checkpoint_matches, config_hash
 from randsparse.train.rundir import RunDir
 
@@ -83,6 +85,15 @@ class Run:
     identity: str
     tracker: Any = None  # TensorBoard / MLflow (`tracking.Tracker`), when asked for
     ema: Any = None  # the weight average (`ema.WeightEMA`), with optim.ema_decay
+    plan: MaskSet | None = None  # the layer-wise rule's masks (the method's per-layer targets)
+    sparse: SparseTraining | None = None  # the sparse-training method and its metrics
+
+    @property
+    def current_masks(self) -> MaskSet | None:
+        """The masks enforced now (they move under a dynamic method), or None for a dense run."""
+        if self.sparse is not None and self.sparse.handle is not None:
+            return self.sparse.handle.masks
+        return self.masks
 
     def checkpoint_payload(self, rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
         """What a checkpoint holds; `rank_rng` are the RNG states of every rank, rank 0's first."""
@@ -90,7 +101,7 @@ class Run:
             "config_hash": self.identity,
             "config": self.config.model_dump(mode="json"),
             "model": self.model.state_dict(),
-            "masks": self.masks.state_dict() if self.masks is not None else None,
+            "masks": self.current_masks.state_dict() if self.masks is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": scheduler_state(self.scheduler),
             "scaler": self.scaler.state_dict(),
@@ -100,6 +111,8 @@ class Run:
             "randsparse_version": __version__,
             "identity_version": IDENTITY_VERSION,
         }
+        if self.sparse is not None:
+            payload[CHECKPOINT_KEY] = self.sparse.state_dict()
         if len(rank_rng) > 1:
             payload["rank_rng"] = rank_rng
         if self.ema is not None:
@@ -155,8 +168,7 @@ def restore(run: Run, state: dict[str, Any]) -> None:
         except MaskMismatchError as exc:
             raise FileFormatError(f"checkpoint masks are corrupt: {exc}") from None
         masks.validate(run.model, expected=list(run.masks))
-        if not masks.equal(run.masks):
-            raise MaskMismatchError("the checkpoint's masks differ from the masks this config draws")
+        _restore_masks(run, masks, state)
     try:
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -165,12 +177,32 @@ def restore(run: Run, state: dict[str, Any]) -> None:
         run.progress = Progress.from_dict(state["progress"])
         if run.ema is not None:
             run.ema.load_state_dict(state["ema"])
+        if run.sparse is not None:
+            run.sparse.load_state_dict(
+                state.get(CHECKPOINT_KEY), run.progress.global_step * run.config.global_batch_size
+            )
         restore_rank_rng(run, state)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         if isinstance(exc, KeyError):
             reason = f"it has no entry {exc}"
         raise FileFormatError(f"the checkpoint does not fit this model/config: {reason}") from None
+
+
+def _restore_masks(run: Run, masks: MaskSet, state: dict[str, Any]) -> None:
+    """Enforce the checkpoint's masks: the drawn ones for a static method; a moving method's own, checked by count."""
+    if run.sparse is None or run.sparse.handle is None or not run.sparse.method.dynamic:
+        if not masks.equal(run.masks):
+            raise MaskMismatchError("the checkpoint's masks differ from the masks this config draws")
+        return
+    method = run.sparse.method
+    step = int(state["progress"].get("global_step", 0))
+    counts = {name: int(mask.sum()) for name, mask in masks.items()}
+    if counts != method.target_counts(step):
+        raise MaskMismatchError(
+            f"the checkpoint's masks do not keep the per-layer counts method {method.name!r} has at step {step}"
+        )
+    run.sparse.handle.update_masks(masks)  # before the weights and optimizer state are loaded over them
 
 
 def restore_rank_rng(run: Run, state: dict[str, Any]) -> None:

@@ -17,8 +17,9 @@ from randsparse.train.state import Run
 
 def static_summary(run: Run, data: Datasets, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """What a run is, known before training: sizes, FLOPs, identity, how many processes share the batch."""
-    params = count_params(run.model, run.masks)
-    flops = count_flops(run.model, input_shape, run.masks)
+    masks = run.plan if run.plan is not None else run.masks  # a moving method ends at the plan's counts
+    params = count_params(run.model, masks)
+    flops = count_flops(run.model, input_shape, masks)
     config = run.config
     return {
         "config_hash": run.identity,
@@ -27,6 +28,7 @@ def static_summary(run: Run, data: Datasets, input_shape: tuple[int, ...]) -> di
         "dataset": config.data.name,
         "sparsity": config.sparsity.sparsity,
         "distribution": None if config.is_dense else config.sparsity.distribution,
+        "method": config.sparsity.method,
         "params_total": params.total,
         "params_prunable": params.prunable,
         "params_nonzero": params.nonzero,

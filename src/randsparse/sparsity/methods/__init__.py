@@ -11,9 +11,15 @@ from randsparse.sparsity.methods.base import (
     method_options,
     register_method,
 )
+from randsparse.sparsity.methods.gmp import GMP
+from randsparse.sparsity.methods.rigl import RigL
+from randsparse.sparsity.methods.set import SET
 from randsparse.sparsity.methods.static import Static
 
 __all__ = [
+    "GMP",
+    "SET",
+    "RigL",
     "SparsityMethod",
     "Static",
     "available_methods",

@@ -8,8 +8,10 @@ It never touches a model or an optimizer; the enforcement handle applies its dec
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
+
+import torch
 
 from randsparse.registry import Registry
 
@@ -27,16 +29,64 @@ class SparsityMethod:
     Subclasses take their user options (``sparsity.method_options``) as keyword arguments of
     ``__init__`` after ``total_steps`` (the number of optimizer steps of the whole run), validating
     their ranges there with `randsparse.errors.ConfigError`.
+
+    The training loop calls `start` once with the plan's masks (the layer-wise rule's draw), then,
+    after optimizer step ``t`` (1-based, one per global batch whatever gradient accumulation or a
+    skipped AMP step did), `update` whenever `is_update_step(t)`. Masks are ``{weight name: bool
+    tensor}`` (True = active) in the plan's order; weights and gradients are float tensors of the
+    same shapes. A method never touches a model or an optimizer: the enforcement handle
+    (`randsparse.sparsity.enforce.FixedMask.update_masks`) applies what it returns.
     """
 
     name: ClassVar[str] = "static"
+    #: True when the masks may move during training (the loop then tracks ITOP and mask change).
+    dynamic: ClassVar[bool] = False
 
     def __init__(self, total_steps: int) -> None:
         self.total_steps = int(total_steps)
+        self.plan_counts: dict[str, int] = {}
+        self.plan_sizes: dict[str, int] = {}
+
+    def start(
+        self, plan: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]
+    ) -> Mapping[str, torch.Tensor]:
+        """The masks training starts from; records the plan's per-layer active counts (the targets).
+
+        The base returns `plan` itself (a static run trains exactly the drawn masks). Called on a
+        resume too (the plan is drawn again from the same seed), before the checkpoint's masks
+        replace the returned ones.
+        """
+        self.plan_counts = {name: int(mask.sum()) for name, mask in plan.items()}
+        self.plan_sizes = {name: mask.numel() for name, mask in plan.items()}
+        return plan
 
     def is_update_step(self, step: int) -> bool:
         """Whether the masks may change after optimizer step `step` (1-based); never for ``static``."""
         return False
+
+    def needs_dense_gradients(self, step: int) -> bool:
+        """Whether `update` after step `step` reads the dense (unmasked) gradients (RigL); else False."""
+        return False
+
+    def target_counts(self, step: int) -> dict[str, int]:
+        """Every layer's active count after step `step`'s update: the plan's (fixed-count methods)."""
+        return dict(self.plan_counts)
+
+    def update(
+        self,
+        step: int,
+        weights: Mapping[str, torch.Tensor],
+        masks: Mapping[str, torch.Tensor],
+        grads: Mapping[str, torch.Tensor] | None,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """The masks after step `step`: new tensors, each layer holding exactly `target_counts(step)`.
+
+        `grads` are the dense gradients (averaged over processes) when `needs_dense_gradients(step)`,
+        else None; `generator` is a CPU generator seeded from (mask seed, step), the same on every
+        process. The base keeps `masks` as they are.
+        """
+        return {name: mask.clone() for name, mask in masks.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """The method's schedule state, saved in every checkpoint (tensors and plain values only)."""
