@@ -17,6 +17,8 @@ import datetime as dt
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,8 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, ba
         run.scheduler.step()
         progress.global_step += 1
         progress.batch_in_epoch += 1
+        if run.after_step is not None:
+            run.after_step(run)
         sums["loss"] += loss_sum
         sums["correct"] += correct
         sums["count"] += count
@@ -178,6 +182,10 @@ def fit(
     """
     with session(config.distributed, config.device) as dist:
         config = with_world_size(config, dist.world_size)
+        if config.sparsity.method == "lth":  # lottery tickets: one run per level, under out_dir/levels/
+            from randsparse.train.lottery import fit_levels
+
+            return fit_levels(config, RunDir(out_dir), dist, resume, show_progress)
         return _fit(config, RunDir(out_dir), dist, resume, show_progress)
 
 
@@ -188,7 +196,12 @@ def check_before_launch(config: TrainConfig, out_dir: str | Path, *, resume: boo
     the OOD sets of the evaluation and whether the model takes the dataset's input; raises the
     `RandsparseError` `fit` would raise. Used by ``randsparse train --nproc N`` before torchrun.
     """
-    starting_state(RunDir(out_dir), resume, config)
+    if config.sparsity.method == "lth":
+        from randsparse.train.lottery import check_top
+
+        check_top(RunDir(out_dir), resume, config)
+    else:
+        starting_state(RunDir(out_dir), resume, config)
     data = config.data
     build_dataset(data.name, split="test", root=data.root, download=data.download, **data.options)
     info = dataset_info(data.name, root=data.root, **data.options)
@@ -228,7 +241,28 @@ def _train_batches(config: TrainConfig, size: int, dist: Distributed) -> EpochBa
     return EpochBatchSampler(order, batch, drop_last=drop_last, rank=dist.rank, world_size=dist.world_size)
 
 
-def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, show_progress: bool | None) -> dict:
+@dataclass
+class RunHooks:
+    """What a driver of several runs (the lottery-ticket levels, `randsparse.train.lottery`) changes in one run.
+
+    `masks` replaces the config's draw (called on every rank with the built model); `start` runs
+    on a fresh run (not a resumed one) before training, with the steps per epoch; `after_step`
+    runs on every rank after each optimizer step.
+    """
+
+    masks: Callable[[nn.Module], MaskSet | None] | None = None
+    start: Callable[[Run, int], None] | None = None
+    after_step: Callable[[Run], None] | None = None
+
+
+def _fit(
+    config: TrainConfig,
+    run_dir: RunDir,
+    dist: Distributed,
+    resume: bool,
+    show_progress: bool | None,
+    hooks: RunHooks | None = None,
+) -> dict:
     # Signals are handled from here to the end: at once outside the training steps, after a step within them.
     with stop_on_signals() as stop:
         stop.phase = "while starting; nothing was trained yet: run the same command again"
@@ -243,9 +277,12 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
         input_shape = data.info.shape
         check_model_input(model, input_shape, config.model.name)
         check_eval_data(config, data.info)
-        masks = _draw_masks_on_main(config, model, input_shape, dist)
+        hooks = hooks or RunHooks()
+        draw = hooks.masks or (lambda m: _draw_masks_on_main(config, m, input_shape, dist))
+        masks = draw(model)
         batches = _train_batches(config, len(data.train), dist)
         run = _prepare(config, run_dir, model, masks, batches.steps_per_epoch, dist)
+        run.after_step = hooks.after_step
         if dist.rank > 0:  # rank 0 continues the single-process stream; the others get their own (dropout)
             seed_everything(mix(config.seed, dist.rank))
         if config.tensorboard and dist.is_main:
@@ -254,6 +291,8 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
             restore(run, state)
             log.info("resuming %s at epoch %d, step %d", run_dir.path, run.progress.epoch + 1, run.progress.global_step)
         else:
+            if hooks.start is not None:
+                hooks.start(run, batches.steps_per_epoch)
             run.files.write_config(config)
             log.info("training into %s", run_dir.path)
         run.files.write_metrics(run.progress.history)

@@ -81,6 +81,7 @@ class Run:
     progress: Progress
     identity: str
     writer: Any = None  # TensorBoard SummaryWriter, when asked for
+    after_step: Any = None  # called with the run after each optimizer step (`randsparse.train.loop.RunHooks`)
 
     def checkpoint_payload(self, rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
         """What a checkpoint holds; `rank_rng` are the RNG states of every rank, rank 0's first."""

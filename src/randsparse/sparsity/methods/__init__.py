@@ -11,9 +11,11 @@ from randsparse.sparsity.methods.base import (
     method_options,
     register_method,
 )
+from randsparse.sparsity.methods.lth import LotteryTicket
 from randsparse.sparsity.methods.static import Static
 
 __all__ = [
+    "LotteryTicket",
     "SparsityMethod",
     "Static",
     "available_methods",
