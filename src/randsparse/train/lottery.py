@@ -41,7 +41,7 @@ from randsparse.train.state import Run, restore_rank_rng
 log = logging.getLogger(__name__)
 
 # Per-level numbers copied into the top summary's ``levels`` rows.
-_ROW_KEYS = ("status", "test_accuracy", "best_test_accuracy", "last_test_accuracy", "best_val_accuracy", "density")
+_ROW_KEYS = ("status", "test_accuracy", "test_accuracy_last", "best_val_accuracy", "best_epoch", "density")
 
 
 def level_dir(top: RunDir, level: int) -> RunDir:
