@@ -86,13 +86,19 @@ def test_method_dispatches_on_scope() -> None:
         ({"levels": 0}, "levels"),
         ({"levels": 2.5}, "levels"),
         ({"rewind_step": -1}, "rewind_step"),
-        ({"rewind_step": 10}, "below the run's 10"),
         ({"scope": "local"}, "scope"),
     ],
 )
 def test_bad_options_are_one_line_config_errors(options, message) -> None:
     with pytest.raises(ConfigError, match=message):
         LotteryTicket(10, **options)
+
+
+def test_a_rewind_step_past_the_run_is_refused_once_steps_are_known() -> None:
+    method = LotteryTicket(1, rewind_step=10)  # the config check knows no run length yet
+    method.check_steps(11)
+    with pytest.raises(ConfigError, match="below the run's 10"):
+        method.check_steps(10)
 
 
 def test_keeping_more_than_is_active_is_refused() -> None:

@@ -131,8 +131,7 @@ class _Level:
         return prune_parent(self.config, self.method, level_dir(self.top, self.level - 1), self.sparsity, model)
 
     def start(self, run: Run, steps_per_epoch: int) -> None:
-        total = steps_per_epoch * self.config.epochs
-        LotteryTicket(total, **self.config.sparsity.method_options)  # rewind_step below the run's steps
+        self.method.check_steps(steps_per_epoch * self.config.epochs)
         if self.level == 0:
             if self.method.rewind_step == 0:
                 self._save_rewind(run)

@@ -121,7 +121,7 @@ class LotteryTicket(SparsityMethod):
       sparsity ``1 - (1 - s) ** (L / levels)``, so the last level is at the config's sparsity s.
     - ``rewind_step`` (int >= 0, default 0): the optimizer step whose weights every level >= 1
       starts from (0 = the original initialisation, as in Frankle & Carbin; Frankle et al. rewind
-      to an early step k). It must be below the run's number of steps.
+      to an early step k). It must be below the run's number of steps (`check_steps`).
     - ``scope`` (``global``, default, or ``layerwise``): one magnitude threshold over all layers
       (LTH's standard; it redistributes the layer-wise densities), or per-layer pruning to the
       densities the config's layer-wise rule (``sparsity.distribution``) gives at each level.
@@ -135,15 +135,21 @@ class LotteryTicket(SparsityMethod):
             raise ConfigError(f"lth levels must be an integer in [1, {MAX_LEVELS}], got {levels!r}")
         if not is_integer(rewind_step) or rewind_step < 0:
             raise ConfigError(f"lth rewind_step must be a non-negative integer, got {rewind_step!r}")
-        if self.total_steps > 0 and rewind_step >= self.total_steps:
-            raise ConfigError(
-                f"lth rewind_step {rewind_step} must be below the run's {self.total_steps} optimizer steps"
-            )
         if scope not in SCOPES:
             raise ConfigError(f"lth scope must be one of {', '.join(SCOPES)}, got {scope!r}")
         self.levels = int(levels)
         self.rewind_step = int(rewind_step)
         self.scope = scope
+
+    def check_steps(self, total_steps: int) -> None:
+        """Refuse (`ConfigError`) a rewind step at or past the run's `total_steps` optimizer steps.
+
+        Not checked in ``__init__``: the number of steps is known only once the data is built.
+        """
+        if self.rewind_step >= total_steps:
+            raise ConfigError(
+                f"lth rewind_step {self.rewind_step} must be below the run's {total_steps} optimizer steps"
+            )
 
     def sparsities(self, target: float) -> list[float]:
         """Sparsity of each level 0..levels (`level_sparsities`)."""
