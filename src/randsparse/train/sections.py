@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
-from randsparse.errors import is_real
+from randsparse.errors import ConfigError, is_real
 from randsparse.schema import (
     INT64_MAX,
     MAX_BATCH,
@@ -194,6 +194,10 @@ class SparsityConfig(_Section):
             self.method_options,
             ("self", *LOOP_ARGUMENTS),
         )
+        try:  # the method's own range checks, at load time (they do not depend on the run's length)
+            get_method(self.method)(1, **self.method_options)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         scorer = ratio_method(self.distribution)
         if scorer is not None:
             unknown = sorted(set(self.score_options) - set(scorer_options(scorer)))

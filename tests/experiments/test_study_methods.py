@@ -1,0 +1,57 @@
+"""The method axis of a study: a plain grid over ``sparsity.method``, and linked axes setting several keys together."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from randsparse.errors import ConfigError
+from randsparse.experiments import expand, load_study
+from tests.experiments._studies import TINY_BASE, write_study
+
+_LTH = {"sparsity.method": "lth", "sparsity.method_options": {"levels": 2, "rewind_step": 1}}
+
+
+def test_a_plain_grid_over_methods_shares_one_dense_baseline(tmp_path) -> None:
+    study, base = load_study(
+        write_study(tmp_path / "s.yaml", grid={"sparsity.method": ["static", "lth"], "sparsity": [0.9]})
+    )
+    specs = expand(study, base)
+    assert [(s.is_dense, s.config.sparsity.method) for s in specs] == [
+        (True, "static"),
+        (False, "static"),
+        (False, "lth"),
+    ]
+
+
+def test_a_linked_axis_sets_each_method_with_its_own_options(tmp_path) -> None:
+    grid = {"method": [{"sparsity.method": "static"}, _LTH], "sparsity": [0.8, 0.9], "seed": [0, 1]}
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid=grid))
+    specs = expand(study, base)
+    sparse = [s for s in specs if not s.is_dense]
+    assert len(sparse) == 2 * 2 * 2 and len([s for s in specs if s.is_dense]) == 2, "one dense run per seed"
+    lth = [s for s in sparse if s.config.sparsity.method == "lth"]
+    assert len(lth) == 4 and all(s.config.sparsity.method_options == _LTH["sparsity.method_options"] for s in lth)
+    static = [s for s in sparse if s.config.sparsity.method == "static"]
+    assert all(s.config.sparsity.method_options == {} for s in static), "static gets no lth options"
+    assert lth[0].point == {**_LTH, "sparsity": 0.8, "seed": 0}, "the point records the keys the axis set"
+    assert len({s.id for s in specs}) == len(specs)
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"method": [{"sparsity.method": "nosuch"}]}, "nosuch"),
+        ({"method": [{"sparsity.method": "lth", "sparsity.method_options": {"levels": 0}}]}, "levels"),
+        ({"method": [{"sparsity.method": "lth", "sparsity.method_options": {"levelz": 2}}]}, "levelz"),
+        ({"method": [{"sparsty.method": "lth"}]}, "dotted run-config keys"),
+        ({"method": [{}]}, "dotted run-config keys"),
+        ({"method": [{"sparsity": 0.5}], "sparsity": [0.9]}, "grid key of its own"),
+        ({"method": ["static"]}, "method: unknown key"),
+    ],
+)
+def test_bad_linked_axes_are_one_line_config_errors(tmp_path, grid, message) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": {**TINY_BASE, "sparsity": {"sparsity": 0.9}}, "grid": grid}))
+    with pytest.raises(ConfigError, match=message):
+        expand(*load_study(path))
