@@ -8,7 +8,6 @@ from typing import Any
 import yaml
 
 from randsparse.sparsity.methods import available_methods
-
 from tests.train._runs import SYNTHETIC
 
 TINY_BASE: dict[str, Any] = {
