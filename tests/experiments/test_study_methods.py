@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from randsparse.errors import ConfigError
-from randsparse.experiments import expand, load_study
+from randsparse.experiments import expand, load_study, open_store, run_study, write_report
 from tests.experiments._studies import TINY_BASE, unregistered_methods, write_study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,3 +78,22 @@ def test_the_fmnist_methods_study_is_four_methods_three_sparsities_three_seeds()
         for s in sparse
         if s.config.sparsity.method != "static"
     )
+
+
+def test_a_lottery_run_is_one_run_of_a_study_and_the_report_shows_its_method(tmp_path) -> None:
+    grid = {"method": [{"sparsity.method": "static"}, _LTH], "sparsity": [0.8]}
+    base = {**TINY_BASE, "eval": {"calibration": False, "reliability_diagram": False}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "m", "base": base, "grid": grid, "dense_baselines": False}))
+    study, base = load_study(path)
+    specs = expand(study, base)
+    run_study(study, base, tmp_path / "study", executor="sequential")
+    rows = {row.id: row for row in open_store(tmp_path / "study").rows()}
+    assert set(rows) == {s.id for s in specs} and {r.status for r in rows.values()} == {"done"}
+    lth = next(s for s in specs if s.config.sparsity.method == "lth")
+    metrics = rows[lth.id].metrics
+    assert metrics["method"] == "lth" and [r["level"] for r in metrics["levels"]] == [0, 1, 2]
+    assert (tmp_path / "study/runs" / lth.id / "levels/2/checkpoints/last.pt").is_file()
+    write_report(open_store(tmp_path / "study"), tmp_path / "report")
+    text = (tmp_path / "report/report.md").read_text()
+    assert "## Methods" in text and "| lth" in text

@@ -117,6 +117,8 @@ def test_a_second_start_without_resume_and_another_config_are_refused(straight, 
         fit(lth_config("checkpoint_every_steps=2"), out)
     with pytest.raises(ConfigError, match="another run"):
         fit(lth_config("checkpoint_every_steps=2", "optim.lr=0.5"), out, resume=True)
+    with pytest.raises(ConfigError, match="is level 1 of the lottery-ticket run"):
+        fit(lth_config("checkpoint_every_steps=2"), out / "levels/1", resume=True)
     with pytest.raises(FileFormatError, match="nothing to resume"):
         fit(lth_config(), tmp_path / "empty", resume=True)
     with pytest.raises(ConfigError, match="target sparsity"):

@@ -67,6 +67,12 @@ def method_of(config: TrainConfig) -> LotteryTicket:
 def check_top(top: RunDir, resume: bool, config: TrainConfig) -> None:
     """Refuse, before anything is written, a lottery run directory that does not fit `config` and `resume`."""
     method_of(config)
+    levels = top.path.resolve().parent
+    if levels.name == "levels" and (levels.parent / "config.yaml").is_file():
+        raise ConfigError(
+            f"{str(top.path)!r} is level {top.path.name} of the lottery-ticket run {str(levels.parent)!r}:"
+            " resume that run instead"
+        )
     top.check_files()
     if top.config_file.is_file():
         if config_hash(top.read_config()) != config_hash(config):
