@@ -125,6 +125,7 @@ def test_a_second_start_without_resume_and_another_config_are_refused(straight, 
         fit(lth_config("sparsity.sparsity=0"), tmp_path / "dense")
     with pytest.raises(ConfigError, match="rewind_step 99"):
         fit(lth_config(rewind_step=99), tmp_path / "late")
+    assert not (tmp_path / "late").exists(), "refused before anything is written"
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 

@@ -138,6 +138,9 @@ class _Level:
 
     def start(self, run: Run, steps_per_epoch: int) -> None:
         self.method.check_steps(steps_per_epoch * self.config.epochs)
+        if run.dist.is_main and not self.top.config_file.is_file():  # the run exists once level 0 can start
+            self.top.write_config(self.config)
+            self.top.write_summary({"status": "running", "method": "lth", "level": 0, "levels": []})
         if self.level == 0:
             if self.method.rewind_step == 0:
                 self._save_rewind(run)
@@ -190,8 +193,6 @@ def fit_levels(
 
     method = method_of(config)
     dist.from_main(lambda: check_top(top, resume, config), "reading the run directory")
-    if dist.is_main and not top.config_file.is_file():
-        top.write_config(config)
     sparsities = method.sparsities(config.sparsity.sparsity)
     rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
@@ -201,17 +202,17 @@ def fit_levels(
         parent = str(level_dir(top, level - 1).path) if level else None
         summary = run_dir.read_summary()
         if summary.get("status") != "completed":
-            if dist.is_main:
+            if dist.is_main and top.config_file.is_file():  # else level 0's start writes it
                 top.update_summary(status="running", method="lth", level=level, levels=rows)
             hooks = _Level(config, top, level, sparsity, method)
             try:
                 summary = _fit(config, run_dir, dist, run_dir.has_run(), show_progress, hooks.as_run_hooks(RunHooks))
             except Interrupted:
-                if dist.is_main:
+                if dist.is_main and top.config_file.is_file():
                     top.update_summary(status="interrupted", level=level, levels=rows)
                 raise
             except BaseException as exc:
-                if dist.is_main:
+                if dist.is_main and top.config_file.is_file():
                     top.update_summary(status="failed", level=level, levels=rows, error=f"{type(exc).__name__}: {exc}")
                 raise
         if dist.is_main:
