@@ -17,8 +17,6 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +49,7 @@ from randsparse.train.setup import (
     score_dataset,
 )
 from randsparse.train.signals import Interrupted, StopRequest, stop_on_signals
-from randsparse.train.state import Run, RunFiles, restore, starting_state
+from randsparse.train.state import Run, RunFiles, RunHooks, restore, starting_state
 from randsparse.train.summary import static_summary
 
 __all__ = ["Diverged", "EpochBatchSampler", "EpochSampler", "Interrupted", "evaluate_accuracy", "fit"]
@@ -239,20 +237,6 @@ def _train_batches(config: TrainConfig, size: int, dist: Distributed) -> EpochBa
         drop_last = size >= 2 * batch  # full batches (BatchNorm), unless the set is tiny
     order = EpochSampler(size, config.seed)
     return EpochBatchSampler(order, batch, drop_last=drop_last, rank=dist.rank, world_size=dist.world_size)
-
-
-@dataclass
-class RunHooks:
-    """What a driver of several runs (the lottery-ticket levels, `randsparse.train.lottery`) changes in one run.
-
-    `masks` replaces the config's draw (called on every rank with the built model); `start` runs
-    on a fresh run (not a resumed one) before training, with the steps per epoch; `after_step`
-    runs on every rank after each optimizer step.
-    """
-
-    masks: Callable[[nn.Module], MaskSet | None] | None = None
-    start: Callable[[Run, int], None] | None = None
-    after_step: Callable[[Run], None] | None = None
 
 
 def _fit(

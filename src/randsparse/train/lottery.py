@@ -36,7 +36,7 @@ from randsparse.train.distributed import Distributed
 from randsparse.train.identity import config_hash
 from randsparse.train.rundir import RunDir
 from randsparse.train.signals import Interrupted
-from randsparse.train.state import Run, restore_rank_rng
+from randsparse.train.state import Run, RunHooks, restore_rank_rng
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,9 @@ class _Level:
     def __init__(self, config: TrainConfig, top: RunDir, level: int, sparsity: float, method: LotteryTicket) -> None:
         self.config, self.top, self.level, self.sparsity, self.method = config, top, level, sparsity, method
 
-    def as_run_hooks(self, kind: type) -> Any:
-        """These hooks as a `randsparse.train.loop.RunHooks` (passed in: loop imports this module lazily)."""
-        return kind(masks=self.masks, start=self.start, after_step=self.after_step)
+    def as_run_hooks(self) -> RunHooks:
+        """These hooks as the `RunHooks` of the level's run."""
+        return RunHooks(masks=self.masks, start=self.start, after_step=self.after_step)
 
     def masks(self, model: nn.Module) -> MaskSet | None:
         if self.level == 0:
@@ -189,7 +189,7 @@ def fit_levels(
     level, sparsity, parent, status, accuracies, density) and ``itop_rate`` (1.0: level 0 is dense).
     A level that diverges stops the run with that status; an interrupted one raises `Interrupted`.
     """
-    from randsparse.train.loop import RunHooks, _fit
+    from randsparse.train.loop import _fit
 
     method = method_of(config)
     dist.from_main(lambda: check_top(top, resume, config), "reading the run directory")
@@ -206,7 +206,7 @@ def fit_levels(
                 top.update_summary(status="running", method="lth", level=level, levels=rows)
             hooks = _Level(config, top, level, sparsity, method)
             try:
-                summary = _fit(config, run_dir, dist, run_dir.has_run(), show_progress, hooks.as_run_hooks(RunHooks))
+                summary = _fit(config, run_dir, dist, run_dir.has_run(), show_progress, hooks.as_run_hooks())
             except Interrupted:
                 if dist.is_main and top.config_file.is_file():
                     top.update_summary(status="interrupted", level=level, levels=rows)
