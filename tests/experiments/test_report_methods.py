@@ -61,6 +61,8 @@ def test_the_method_table_gives_mean_std_and_itop_rate_per_method_and_sparsity(t
     static = table[(table["method"] == "static") & (table["sparsity"] == 0.9)].iloc[0]
     assert static["itop_rate"] == pytest.approx(0.1), "a static run's ITOP rate is its density"
     assert set(table["method"]) == {"dense", "static", "rigl", "lth"}
+    assert set(report.table["distribution"]) == {"dense", "erk", "erk + rigl", "erk + lth"}, "methods never pooled"
+    assert set(table["distribution"]) == {"dense", "erk"}
     text = (tmp_path / "report/report.md").read_text()
     assert "## Methods" in text and "| rigl" in text and "79.00 ± 1.41" in text
     with Image.open(tmp_path / "report/accuracy_vs_sparsity_by_method.png") as image:

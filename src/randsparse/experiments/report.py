@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from randsparse.errors import UnknownNameError
-from randsparse.experiments.report_methods import method_section
+from randsparse.experiments.report_methods import STATIC, method_section, run_method
 from randsparse.experiments.store import ResultsStore, RunRow
 from randsparse.models import ModelSpec
 from randsparse.storage import atomic_write_bytes
@@ -94,6 +94,8 @@ def runs_frame(rows: list[RunRow]) -> pd.DataFrame:
         rule = spec["sparsity"]["distribution"]
         if spec["sparsity"].get("prune"):
             rule = f"{spec['sparsity']['prune']} (pruned)"  # mask mode: the method's own mask, not random
+        if run_method(row) not in (STATIC, "dense"):  # a method that moves the mask is a curve of its own
+            rule = f"{rule} + {run_method(row)}"
         record: dict[str, Any] = {
             "id": row.id,
             "status": row.status,

@@ -49,7 +49,9 @@ def with_methods(frame: pd.DataFrame, rows: list[RunRow]) -> pd.DataFrame:
     by_id = {row.id: row for row in rows}
     methods = frame["id"].map(lambda run_id: run_method(by_id[run_id]))
     itop = frame["id"].map(lambda run_id: run_itop_rate(by_id[run_id]))
-    return frame.assign(method=methods, itop_rate=itop.astype(float))
+    # The main table labels a moving-mask run's rule "erk + rigl"; here the method has its own column.
+    rules = [d.removesuffix(f" + {m}") for d, m in zip(frame["distribution"], methods, strict=True)]
+    return frame.assign(method=methods, itop_rate=itop.astype(float), distribution=rules)
 
 
 def method_table(done: pd.DataFrame, metric: str = ACCURACY) -> pd.DataFrame:
