@@ -163,3 +163,13 @@ def test_killed_mid_level_and_resumed_ends_bit_identical(straight, tmp_path, mon
         b = _weights(level_dir(top, lvl).last_checkpoint)
         assert all(torch.equal(a[k], b[k]) for k in a), f"level {lvl}"
     assert [r["test_accuracy"] for r in resumed["levels"]] == [r["test_accuracy"] for r in summary["levels"]]
+
+
+def test_layerwise_scope_keeps_the_rule_s_per_layer_densities_at_each_level(tmp_path) -> None:
+    from randsparse.sparsity import layer_densities
+    from randsparse.sparsity.masks import kept_count
+
+    fit(lth_config(levels=1, rewind_step=0, scope="layerwise"), tmp_path / "run")
+    masks = _masks(level_dir(RunDir(tmp_path / "run"), 1))
+    densities = layer_densities(masks.shapes, 0.2, "erk")
+    assert {n: int(m.sum()) for n, m in masks.items()} == {n: kept_count(densities[n], masks[n].numel()) for n in masks}
