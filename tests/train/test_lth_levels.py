@@ -55,7 +55,7 @@ def test_each_level_is_a_run_whose_parent_is_the_previous_level(straight) -> Non
         run = level_dir(top, level)
         level_summary = run.read_summary()
         assert level_summary["level"] == level and level_summary["status"] == "completed"
-        assert level_summary["parent"] == (str(level_dir(top, level - 1).path) if level else None)
+        assert level_summary["parent"] == (f"levels/{level - 1}" if level else None)
         assert run.config_file.is_file() and run.metrics_file.is_file() and run.best_checkpoint.is_file()
         masks = _masks(run)
         if level == 0:

@@ -12,7 +12,8 @@ step k (``rewind_step``; 0 = the initialisation). Level L >= 1 prunes its parent
 final weights by magnitude (`randsparse.sparsity.methods.lth`), rewinds the survivors to the step-k
 weights, and trains from step k to the end with the mask fixed: the learning-rate schedule, the
 data order and every RNG state continue from step k, the optimizer state starts afresh (as
-open_lth does). Each level's summary records ``level``, its ``sparsity`` and its ``parent``.
+open_lth does). Each level's summary records ``level``, its ``sparsity`` and its ``parent`` (the
+previous level's directory relative to ``RUN``, e.g. ``levels/0``; none for level 0).
 
 ``--resume`` skips the finished levels and resumes the unfinished one from its own last checkpoint,
 so a run killed anywhere ends bit-identical to an uninterrupted one (CPU, ``deterministic: true``).
@@ -199,7 +200,7 @@ def fit_levels(
     summary: dict[str, Any] = {}
     for level, sparsity in enumerate(sparsities):
         run_dir = level_dir(top, level)
-        parent = str(level_dir(top, level - 1).path) if level else None
+        parent = f"levels/{level - 1}" if level else None  # relative to `top`: the run may move
         summary = run_dir.read_summary()
         if summary.get("status") != "completed":
             if dist.is_main and top.config_file.is_file():  # else level 0's start writes it
