@@ -173,3 +173,14 @@ def test_layerwise_scope_keeps_the_rule_s_per_layer_densities_at_each_level(tmp_
     masks = _masks(level_dir(RunDir(tmp_path / "run"), 1))
     densities = layer_densities(masks.shapes, 0.2, "erk")
     assert {n: int(m.sum()) for n, m in masks.items()} == {n: kept_count(densities[n], masks[n].numel()) for n in masks}
+
+
+def test_level_zero_is_exactly_the_dense_run_of_the_same_config(straight, tmp_path) -> None:
+    out, _ = straight
+    fit(
+        tiny_config("epochs=1", "eval.calibration=false", "eval.reliability_diagram=false", "sparsity.sparsity=0"),
+        tmp_path / "dense",
+    )
+    a = _weights(level_dir(RunDir(out), 0).last_checkpoint)
+    b = _weights(tmp_path / "dense/checkpoints/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
