@@ -184,3 +184,22 @@ def test_level_zero_is_exactly_the_dense_run_of_the_same_config(straight, tmp_pa
     a = _weights(level_dir(RunDir(out), 0).last_checkpoint)
     b = _weights(tmp_path / "dense/checkpoints/last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.integration
+def test_the_cli_trains_resumes_and_refuses_a_lottery_run_with_one_line(tmp_path, capsys) -> None:
+    from tests._cli import run as cli
+    from tests.train._runs import write_config
+
+    config = write_config(tmp_path / "lth.yaml", lth_config(levels=1, rewind_step=2))
+    out = str(tmp_path / "run")
+    code, _, err = cli(["train", "--config", str(config), "--out", out, "--quiet"], capsys)
+    assert code == 0, err
+    code, _, err = cli(["train", "--config", str(config), "--out", out, "--quiet"], capsys)
+    assert code == 2 and "already holds a run" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(["train", "--resume", out, "--quiet"], capsys)
+    assert code == 0, err
+    assert RunDir(out).read_summary()["status"] == "completed"
+    bad = ["train", "--config", str(config), "--out", str(tmp_path / "bad"), "--quiet"]
+    code, _, err = cli([*bad, 'sparsity.method_options={"scope": "nearby"}'], capsys)
+    assert code == 2 and "scope" in err and len(err.strip().splitlines()) == 1
