@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from randsparse.sparsity.methods import available_methods
 from tests.train._runs import SYNTHETIC
 
 TINY_BASE: dict[str, Any] = {
@@ -30,3 +31,16 @@ def write_study(path: Path, grid: dict[str, list[Any]] | None = None, **fields: 
     }
     path.write_text(yaml.safe_dump(study))
     return path
+
+
+def unregistered_methods(path: Path) -> list[str]:
+    """Methods a study file names that this checkout has not registered (SET/RigL/GMP before the dst merge)."""
+    study = yaml.safe_load(path.read_text())
+    named = set()
+    for key, values in (study.get("grid") or {}).items():
+        for value in values:
+            if key == "sparsity.method":
+                named.add(value)
+            elif isinstance(value, dict) and "sparsity.method" in value:
+                named.add(value["sparsity.method"])
+    return sorted(named - set(available_methods()))

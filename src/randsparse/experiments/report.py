@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from randsparse.errors import UnknownNameError
+from randsparse.experiments.report_methods import STATIC, method_section, run_method
 from randsparse.experiments.store import ResultsStore, RunRow
 from randsparse.models import ModelSpec
 from randsparse.storage import atomic_write_bytes
@@ -93,6 +94,8 @@ def runs_frame(rows: list[RunRow]) -> pd.DataFrame:
         rule = spec["sparsity"]["distribution"]
         if spec["sparsity"].get("prune"):
             rule = f"{spec['sparsity']['prune']} (pruned)"  # mask mode: the method's own mask, not random
+        if run_method(row) not in (STATIC, "dense"):  # a method that moves the mask is a curve of its own
+            rule = f"{rule} + {run_method(row)}"
         record: dict[str, Any] = {
             "id": row.id,
             "status": row.status,
@@ -317,6 +320,9 @@ def write_report(store: ResultsStore, out_dir: str | Path, title: str | None = N
         dataset = ", ".join(sorted(done["dataset"].unique()))
         lines += ["## Test accuracy", "", f"Mean ± std over seeds, in %, on {dataset}; the gap is sparse − dense.", ""]
         lines += [_markdown_table(table, order), ""]
+        method_lines, method_files, _ = method_section(done, rows, out, title)  # only when a study compares methods
+        lines += method_lines
+        report.files += method_files
         plots = [
             plot_metric_vs_sparsity(done, ACCURACY, "test accuracy", out / "accuracy_vs_sparsity.png", title),
             plot_gap_vs_size(table, "width", out / "gap_vs_width.png", f"{title}: gap to dense vs width"),

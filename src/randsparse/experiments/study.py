@@ -6,6 +6,13 @@ takes the Cartesian product in the order the keys are written, and, with ``dense
 (the default), adds for every grid point its dense twin (the same point with sparsity 0). A spec's
 id is the hash of its resolved config, so a point listed twice, or a dense point that is also a
 baseline, is trained once.
+
+A grid key that names no run-config section (e.g. ``method``) and whose values are all mappings is
+a *linked axis*: each value is one point of the axis and sets several dotted keys together, e.g.
+``{sparsity.method: rigl, sparsity.method_options: {update_every: 50}}`` beside
+``{sparsity.method: static}``, so each method gets its own options instead of a product of every
+method with every method's options. A grid point records the keys a linked value set, not the
+axis name.
 """
 
 from __future__ import annotations
@@ -26,6 +33,13 @@ from randsparse.train.identity import run_ids
 
 # Grid keys that change only what is pruned: dropped from a point to make its dense baseline.
 _SPARSITY_KEY = "sparsity"
+# Top-level keys of a run config: a grid key starting with none of them may be a linked axis.
+_ROOT_KEYS = frozenset(TrainConfig.model_fields)
+
+
+def is_linked_axis(key: str, values: list[Any]) -> bool:
+    """True when grid `key` is a linked axis: it names no run-config key and every value is a mapping."""
+    return key.split(".", 1)[0] not in _ROOT_KEYS and all(isinstance(v, dict) for v in values)
 
 
 class StudyConfig(BaseModel):
@@ -46,6 +60,15 @@ class StudyConfig(BaseModel):
         for key, values in grid.items():
             if not values:
                 raise ValueError(f"grid key {key!r} has no values")
+            if is_linked_axis(key, values):
+                for value in values:
+                    if not value or not all(isinstance(k, str) and k.split(".", 1)[0] in _ROOT_KEYS for k in value):
+                        raise ValueError(
+                            f"linked axis {key!r}: each value must map dotted run-config keys to values, got {value!r}"
+                        )
+                    clash = sorted(set(value) & set(grid))
+                    if clash:
+                        raise ValueError(f"linked axis {key!r} sets {clash[0]!r}, which is a grid key of its own")
         return grid
 
 
@@ -117,7 +140,9 @@ def expand(study: StudyConfig, base: dict[str, Any]) -> list[RunSpec]:
     keys = list(study.grid)
     specs: dict[str, RunSpec] = {}
     for values in itertools.product(*(study.grid[k] for k in keys)):
-        point = dict(zip(keys, values, strict=True))
+        point: dict[str, Any] = {}
+        for key, value in zip(keys, values, strict=True):
+            point.update(value if is_linked_axis(key, study.grid[key]) else {key: value})
         if study.dense_baselines:
             dense_point = {k: v for k, v in point.items() if not _is_sparsity_key(k)}
             _add(specs, base, {**dense_point, _SPARSITY_KEY: 0.0})

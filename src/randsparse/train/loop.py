@@ -54,7 +54,7 @@ from randsparse.train.setup import (
     score_dataset,
 )
 from randsparse.train.signals import Interrupted, StopRequest, stop_on_signals
-from randsparse.train.state import Run, RunFiles, restore, starting_state
+from randsparse.train.state import Run, RunFiles, RunHooks, restore, starting_state
 from randsparse.train.summary import static_summary
 from randsparse.train.tracking import open_tracker, step_values
 
@@ -162,6 +162,8 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, ba
         if run.sparse is not None:
             run.sparse.after_step(progress.global_step, count)  # the method's update, if this is its step
         progress.batch_in_epoch += 1
+        if run.after_step is not None:
+            run.after_step(run)
         sums["loss"] += loss_sum
         sums["correct"] += correct
         sums["count"] += count
@@ -204,6 +206,10 @@ def fit(
     """
     with session(config.distributed, config.device) as dist:
         config = with_world_size(config, dist.world_size)
+        if config.sparsity.method == "lth":  # lottery tickets: one run per level, under out_dir/levels/
+            from randsparse.train.lottery import fit_levels
+
+            return fit_levels(config, RunDir(out_dir), dist, resume, show_progress)
         return _fit(config, RunDir(out_dir), dist, resume, show_progress)
 
 
@@ -215,7 +221,12 @@ def check_before_launch(config: TrainConfig, out_dir: str | Path, *, resume: boo
     `model.init_from` and of saved masks; raises the
     `RandsparseError` `fit` would raise. Used by ``randsparse train --nproc N`` before torchrun.
     """
-    starting_state(RunDir(out_dir), resume, config)
+    if config.sparsity.method == "lth":
+        from randsparse.train.lottery import check_top
+
+        check_top(RunDir(out_dir), resume, config)
+    else:
+        starting_state(RunDir(out_dir), resume, config)
     data = config.data
     build_dataset(data.name, split="test", root=data.root, download=data.download, **data.options)
     info = dataset_info(data.name, root=data.root, **data.options)
@@ -264,7 +275,14 @@ def _train_batches(config: TrainConfig, size: int, dist: Distributed) -> EpochBa
     return EpochBatchSampler(order, batch, drop_last=drop_last, rank=dist.rank, world_size=dist.world_size)
 
 
-def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, show_progress: bool | None) -> dict:
+def _fit(
+    config: TrainConfig,
+    run_dir: RunDir,
+    dist: Distributed,
+    resume: bool,
+    show_progress: bool | None,
+    hooks: RunHooks | None = None,
+) -> dict:
     # Signals are handled from here to the end: at once outside the training steps, after a step within them.
     with stop_on_signals() as stop:
         stop.phase = "while starting; nothing was trained yet: run the same command again"
@@ -281,9 +299,12 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
         input_shape = data.info.shape
         check_model_input(model, input_shape, config.model.name)
         check_eval_data(config, data.info)
-        masks = _draw_masks_on_main(config, model, input_shape, dist)
+        hooks = hooks or RunHooks()
+        draw = hooks.masks or (lambda m: _draw_masks_on_main(config, m, input_shape, dist))
+        masks = draw(model)
         batches = _train_batches(config, len(data.train), dist)
         run = _prepare(config, run_dir, model, masks, batches.steps_per_epoch, dist, input_shape)
+        run.after_step = hooks.after_step
         if dist.rank > 0:  # rank 0 continues the single-process stream; the others get their own (dropout)
             seed_everything(mix(config.seed, dist.rank))
         if dist.is_main:
@@ -294,6 +315,8 @@ def _fit(config: TrainConfig, run_dir: RunDir, dist: Distributed, resume: bool, 
                 at = (run.progress.epoch + 1, run.progress.global_step)
                 log.info("resuming %s at epoch %d, step %d", run_dir.path, *at)
             else:
+                if hooks.start is not None:
+                    hooks.start(run, batches.steps_per_epoch)
                 run.files.write_config(config)
                 log.info("training into %s", run_dir.path)
             run.files.write_metrics(run.progress.history)

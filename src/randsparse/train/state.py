@@ -9,6 +9,7 @@ other masks without touching disk.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,8 @@ class Run:
             return self.sparse.handle.masks
         return self.masks
 
+    after_step: Any = None  # called with the run after each optimizer step (`RunHooks`)
+
     def checkpoint_payload(self, rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
         """What a checkpoint holds; `rank_rng` are the RNG states of every rank, rank 0's first."""
         payload = {
@@ -124,6 +127,20 @@ class Run:
         rank_rng = self.dist.gather_to_main(rng_states())
         if rank_rng is not None:
             self.files.save_checkpoint(path, self.checkpoint_payload(rank_rng))
+
+
+@dataclass
+class RunHooks:
+    """What a driver of several runs (the lottery-ticket levels, `randsparse.train.lottery`) changes in one run.
+
+    `masks` replaces the config's draw (called on every rank with the built model); `start` runs
+    on a fresh run (not a resumed one) before training, with the steps per epoch; `after_step`
+    runs on every rank after each optimizer step.
+    """
+
+    masks: Callable[[nn.Module], MaskSet | None] | None = None
+    start: Callable[[Run, int], None] | None = None
+    after_step: Callable[[Run], None] | None = None
 
 
 def starting_state(run_dir: RunDir, resume: bool, config: TrainConfig) -> dict[str, Any] | None:

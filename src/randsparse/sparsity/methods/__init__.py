@@ -12,6 +12,7 @@ from randsparse.sparsity.methods.base import (
     register_method,
 )
 from randsparse.sparsity.methods.gmp import GMP
+from randsparse.sparsity.methods.lth import LotteryTicket
 from randsparse.sparsity.methods.rigl import RigL
 from randsparse.sparsity.methods.set import SET
 from randsparse.sparsity.methods.static import Static
@@ -19,6 +20,7 @@ from randsparse.sparsity.methods.static import Static
 __all__ = [
     "GMP",
     "SET",
+    "LotteryTicket",
     "RigL",
     "SparsityMethod",
     "Static",
