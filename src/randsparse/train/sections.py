@@ -220,7 +220,9 @@ class SparsityConfig(_Section):
             ("self", *LOOP_ARGUMENTS),
         )
         if self.method != "static" and self.sparsity == 0.0:
-            raise ValueError(f"method {self.method} needs a target: set sparsity above 0 (a dense run is static)")
+            raise ValueError(
+                f"method {self.method} needs a target sparsity: set sparsity above 0 (a dense run is static)"
+            )
         try:  # the method's own range checks, at load time (they do not depend on the run's length)
             get_method(self.method)(1, **self.method_options)
         except ConfigError as exc:
