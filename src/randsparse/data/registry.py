@@ -185,8 +185,9 @@ def _resolve(name: str) -> DatasetEntry | None:
         return _plugin_entry(name, load_import_path("dataset", name))
     found = load_entry_point("dataset", ENTRY_POINT_GROUP, name)
     if found is None:
-        known = [*_ENTRIES.names(), *entry_point_names(ENTRY_POINT_GROUP), "<package.module:factory>"]
-        raise UnknownNameError("dataset", name, known)
+        error = UnknownNameError("dataset", name, available_datasets())
+        error.args = (f"{error}; or an import path <package.module:factory>",)
+        raise error
     if name in _ENTRIES:  # the plugin's module registered the name itself when imported
         return _ENTRIES[name]
     return _plugin_entry(name, found)

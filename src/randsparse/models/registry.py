@@ -47,8 +47,9 @@ def _resolve(name: str) -> ModelBuilder | None:
         return timm_builder(name.removeprefix("timm/"))
     found = load_entry_point("model", ENTRY_POINT_GROUP, name)
     if found is None:
-        known = [*_BUILDERS.names(), *entry_point_names(ENTRY_POINT_GROUP), *_OTHER_FORMS]
-        raise UnknownNameError("model", name, known)
+        error = UnknownNameError("model", name, available_models())
+        error.args = (f"{error}; or {', '.join(_OTHER_FORMS)}",)
+        raise error
     if name in _BUILDERS:  # the plugin's module registered the name itself when imported
         return _BUILDERS[name]
     return _checked_builder(name, found)
