@@ -7,6 +7,7 @@ itself (standalone rendezvous on this machine) with the same arguments.
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import logging
 import os
@@ -62,6 +63,7 @@ def _default_out(config: TrainConfig) -> Path:
     kind = "dense" if config.is_dense else f"s{config.sparsity.sparsity:g}-{config.sparsity.distribution}"
     width = f"-w{config.model.width:g}" if config.model.width is not None else ""
     stem = f"{config.model.name}{width}-{config.data.name}-{kind}"
+    stem = re.sub(r"[^\w.+-]", "_", stem)  # plugin names ("pkg.mod:build", "timm/vit") make one folder
     paths = [Path("runs") / f"{stem}-{run_id[:8]}" for run_id in run_ids(config)]
     # the run's directory under the id an older release gave it, if it is there
     return next((path for path in paths if path.exists()), paths[0])
