@@ -43,7 +43,7 @@ class FileFormatError(RandsparseError, ValueError):
 
 
 class PluginError(ConfigError):
-    """A plugin (an import path ``pkg.module:object`` or an entry point) cannot be loaded, or is not what it should be."""
+    """A plugin (import path ``pkg.module:object`` or entry point) cannot be loaded, or is not what it should be."""
 
 
 class MissingExtraError(RandsparseError, ImportError):

@@ -92,7 +92,7 @@ def unknown_name(kind: str, name: str, names: list[str], listing: str) -> Unknow
 
 
 def require_extra(module: str, extra: str, what: str) -> Any:
-    """Import optional dependency `module`, or raise `MissingExtraError`: "`what` needs ...: install randsparse[`extra`]"."""
+    """Import optional dependency `module`, else `MissingExtraError`: "... install randsparse[`extra`]"."""
     try:
         return importlib.import_module(module)
     except ImportError:

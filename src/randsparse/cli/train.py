@@ -7,10 +7,10 @@ itself (standalone rendezvous on this machine) with the same arguments.
 from __future__ import annotations
 
 import argparse
-import re
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 from pathlib import Path

@@ -30,11 +30,10 @@ def adapt_stem_(model: nn.Module, in_channels: int, what: str) -> nn.Module:
     """
     if in_channels == 3:
         return model
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
-            break
-    else:
+    found = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3), None)
+    if found is None:
         raise ConfigError(f"{what} has no 3-channel stem conv to adapt to in_channels={in_channels}")
+    name, module = found
     if module.groups != 1:
         raise ConfigError(f"{what}: its stem conv {name!r} is grouped; cannot adapt it to in_channels={in_channels}")
     stem = nn.Conv2d(

@@ -57,7 +57,8 @@ def _resolve(name: str) -> ModelBuilder | None:
 
 def _checked_builder(name: str, found: object) -> ModelBuilder:
     if not callable(found):
-        raise PluginError(f"model plugin {name!r} is a {type(found).__name__}, not a builder (num_classes, in_channels)")
+        kind = type(found).__name__
+        raise PluginError(f"model plugin {name!r} is a {kind}, not a builder (num_classes, in_channels, **options)")
     return found  # type: ignore[return-value]
 
 

@@ -40,7 +40,8 @@ def timm_builder(name: str) -> Any:
     """The randsparse builder of ``timm/<name>``; `UnknownNameError` with close matches otherwise."""
     timm = require_extra("timm", "timm", f"model {PREFIX + name!r}")
     if not timm.is_model(name):
-        raise unknown_name("model", PREFIX + name, [PREFIX + n for n in timm_names()], "`randsparse models --source timm`")
+        names = [PREFIX + n for n in timm_names()]
+        raise unknown_name("model", PREFIX + name, names, "`randsparse models --source timm`")
 
     def builder(
         num_classes: int = 1000,
@@ -59,7 +60,9 @@ def timm_builder(name: str) -> Any:
 
         def create(**kwargs: Any) -> nn.Module:
             try:
-                return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+                return timm.create_model(
+                    name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs
+                )
             except _BUILD_ERRORS as exc:
                 raise ConfigError(f"{what} cannot be built with options {kwargs}: {exc}") from None
 
