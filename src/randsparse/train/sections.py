@@ -143,6 +143,9 @@ class SparsityConfig(_Section):
     exclude: Annotated[str | None, AfterValidator(_regex)] = Field(
         default=None, description="never prune weights whose name matches this regex"
     )
+    prune_embeddings: bool = Field(
+        default=False, description="also prune embedding tables (nn.Embedding weights), which are dense by default"
+    )
     prune: Annotated[str, registered("scorer", _scorers)] | None = Field(
         default=None,
         description="mask mode: keep the weights this method (a registered scorer) scores highest (the"
