@@ -30,7 +30,7 @@ _COMMON_ARGUMENTS = ("num_classes", "in_channels")
 # Installed packages register model builders under this entry-point group.
 ENTRY_POINT_GROUP = "randsparse.models"
 # The forms a model name can take besides a registered one, for messages.
-_OTHER_FORMS = ("<package.module:builder>", "torchvision/<name>", "timm/<name>")
+_OTHER_FORMS = ("an import path <package.module:builder>", "torchvision/<name>", "timm/<name>")
 
 
 def _resolve(name: str) -> ModelBuilder | None:
@@ -59,6 +59,14 @@ def _checked_builder(name: str, found: object) -> ModelBuilder:
     if not callable(found):
         kind = type(found).__name__
         raise PluginError(f"model plugin {name!r} is a {kind}, not a builder (num_classes, in_channels, **options)")
+    try:
+        parameters = inspect.signature(found).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: taken on trust
+        return found  # type: ignore[return-value]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    missing = [arg for arg in _COMMON_ARGUMENTS if arg not in parameters and not takes_any]
+    if missing:
+        raise PluginError(f"model plugin {name!r} does not take {' and '.join(missing)}; a builder must take both")
     return found  # type: ignore[return-value]
 
 
