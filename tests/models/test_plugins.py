@@ -108,7 +108,7 @@ def test_import_path_model_and_dataset_build_and_their_failures_are_one_line(tmp
         build("rsplug_unit:NOT_A_BUILDER")
     with pytest.raises(PluginError, match="does not take num_classes and in_channels"):
         build("rsplug_unit:build_dataset")
-    with pytest.raises(PluginError, match="not a torch.nn.Module"):
+    with pytest.raises(PluginError, match=r"not a torch\.nn\.Module"):
         build("rsplug_unit:not_a_module")
     with pytest.raises(UnknownNameError, match="import path"):
         build("no_such_model")
