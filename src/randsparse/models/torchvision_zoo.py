@@ -9,8 +9,11 @@ builder ``(num_classes, in_channels, image_size, input_size, **options)``:
   (`randsparse.models.adapt.adapt_stem_`);
 - input size: a ViT (``vit_*``) is built for the data's `image_size` rounded up to a multiple of
   its patch (Fashion-MNIST 28 → 32 for ``vit_b_16``: 2 × 2 patches) and resizes its inputs to it;
-  ``maxvit_t`` is built for 224 and resizes to it; every other model takes the data's size as it
-  is, unless `input_size` asks for a resize (e.g. ``alexnet`` needs at least 63 pixels);
+  any other model takes the data's size as it is unless that is below the smallest input
+  torchvision declares for it (its weights' ``min_size``, read without downloading anything:
+  ``alexnet`` 63, ``inception_v3`` 75, ``vgg*`` and ``convnext*`` 32, ``swin*`` and ``maxvit_t``
+  224), in which case it resizes its inputs to that size; `input_size` sets the resize for any
+  model;
 - GoogLeNet and Inception v3 are built without auxiliary heads (``aux_logits=False``) unless the
   options say otherwise, so a training step gets plain logits;
 - other `options` go to torchvision's builder (e.g. ``dropout``, ``stochastic_depth_prob``).
@@ -22,6 +25,7 @@ import math
 import re
 from typing import Any
 
+import torch
 from torch import nn
 
 from randsparse.errors import ConfigError, is_integer
@@ -30,9 +34,18 @@ from randsparse.plugins import unknown_name
 
 PREFIX = "torchvision/"
 
-# Models built for one input size, and that size (ViTs: None, the data's rounded up to the patch).
-_FIXED_INPUT = {"maxvit_t": 224}
 _NO_AUX = ("googlenet", "inception_v3")
+
+
+def min_input_size(name: str) -> int:
+    """The smallest square input torchvision declares for model `name` (its weights' ``min_size``), else 1."""
+    from torchvision import models
+
+    try:
+        weights = next(iter(models.get_model_weights(name)))
+        return int(max(weights.meta.get("min_size", (1, 1))))
+    except (ValueError, KeyError, StopIteration, TypeError):
+        return 1
 
 
 def torchvision_names() -> list[str]:
@@ -74,10 +87,16 @@ def torchvision_builder(name: str) -> Any:
             target = math.ceil((input_size or image_size or 224) / patch) * patch
             kwargs.setdefault("image_size", target)
             target = kwargs["image_size"]
-        elif name in _FIXED_INPUT:
-            target = target or _FIXED_INPUT[name]
+        elif target is None and image_size is not None and image_size < min_input_size(name):
+            target = min_input_size(name)
+        make = models.get_model_builder(name)
         try:
-            model = models.get_model_builder(name)(weights=None, num_classes=num_classes, **kwargs)
+            try:
+                model = make(weights=None, num_classes=num_classes, **kwargs)
+            except NotImplementedError:  # an init that reads values (RegNet) cannot run on meta
+                device = torch.get_default_device()
+                with torch.device("cpu"):
+                    model = make(weights=None, num_classes=num_classes, **kwargs).to(device)
         except (TypeError, ValueError, AssertionError) as exc:
             raise ConfigError(f"{what} cannot be built with options {kwargs}: {exc}") from None
         adapt_stem_(model, in_channels, what)
