@@ -2,7 +2,7 @@
 
 Models and datasets can be named either way in a config (``model.name: "mylab.nets:build_net"``)
 or registered by an installed package under an entry-point group (``randsparse.models``,
-``randsparse.datasets``). This module only finds and imports the object; what it must be (a model
+``randsparse.data``). This module only finds and imports the object; what it must be (a model
 builder, a dataset factory) is the caller's contract. Every failure is one line (`PluginError`)
 naming the plugin and why it could not be had.
 """

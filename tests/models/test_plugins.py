@@ -75,7 +75,7 @@ def _install_distribution(root: Path, module: str) -> None:
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         f"[randsparse.models]\n{module}_net = {module}:build_net\n\n"
-        f"[randsparse.datasets]\n{module}_blobs = {module}:build_dataset\n"
+        f"[randsparse.data]\n{module}_blobs = {module}:build_dataset\n"
     )
 
 

@@ -12,7 +12,7 @@ A dataset of the user's own needs no registration (resolved by `get_entry` on fi
   keyword options (from ``data.options``) returning a `Recipe`. If it takes a ``directory``
   parameter it gets ``data.root`` / ``--data-dir`` as a `Path` (None when not given), and a
   ``like`` parameter the `DatasetInfo` to look like (see `build`); no lookup is made for it;
-- a name an installed package registers under the entry-point group ``randsparse.datasets``
+- a name an installed package registers under the entry-point group ``randsparse.data``
   (`ENTRY_POINT_GROUP`): the entry point's object is such a factory, or a module that registers
   the name itself with `register_dataset` when imported (then with its own lookup facts).
 """
@@ -175,8 +175,9 @@ class DatasetEntry:
         return self.factory(**options)
 
 
-# Installed packages register dataset factories under this entry-point group.
-ENTRY_POINT_GROUP = "randsparse.datasets"
+# Installed packages register dataset factories under this entry-point group, named after the
+# package whose registry it extends (as ``randsparse.models`` is for models).
+ENTRY_POINT_GROUP = "randsparse.data"
 
 
 def _resolve(name: str) -> DatasetEntry | None:
