@@ -123,3 +123,17 @@ def test_timm_style_fused_qkv_linear_reads_as_three_projections() -> None:
     assert shapes["0.qkv.weight"].geometry.blocks == 3
     assert shapes["0.qkv.weight"].geometry.layout == (E, E)
     assert math.prod(shapes["0.qkv.weight"]) == 3 * E * E
+
+
+@pytest.mark.parametrize("rule", ["snip_ratio", "grasp_ratio", "synflow_ratio"])
+def test_score_rules_score_attention_projections(rule) -> None:
+    """GraSP's double backward through attention needs the math kernel (the fused one has none)."""
+    from randsparse.data import build as build_data
+    from randsparse.models import build
+
+    model = build("vit", 10, 1, image_size=8, depth=1, width=0.25)
+    data = build_data("synthetic", channels=1, image_size=8, train_size=40, test_size=10)
+    plan = plan_sparsity(model, 0.9, rule, seed=0, data=data, input_shape=(1, 8, 8))
+    densities = {layer.name: layer.density for layer in plan.layers}
+    assert 0 < densities["blocks.0.attn.in_proj_weight"] < 1
+    assert plan.kept == pytest.approx(0.1 * plan.params, abs=2)
