@@ -171,3 +171,15 @@ def test_a_run_whose_plugin_is_gone_fails_in_one_line_naming_it(tmp_path) -> Non
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
         assert "'rsplug_gone:build_net' cannot be imported" in result.stderr
+
+
+def test_plugin_names_give_one_default_run_folder_and_serve_as_ood_sets(tmp_path, monkeypatch) -> None:
+    from randsparse.cli.train import _default_out
+    from randsparse.evaluate.config import EvalConfig
+    from tests.train._runs import tiny_config
+
+    monkeypatch.syspath_prepend(str(_write_plugin(tmp_path, "rsplug_names")))
+    for name in ("rsplug_names:build_net", "torchvision/mobilenet_v3_small"):
+        out = _default_out(tiny_config(model={"name": name}))
+        assert out.parent == Path("runs") and "/" not in out.name and ":" not in out.name
+    assert EvalConfig(ood=["rsplug_names:build_dataset"]).ood == ["rsplug_names:build_dataset"]
