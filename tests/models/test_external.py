@@ -58,6 +58,16 @@ def test_torchvision_models_take_one_channel_28_pixel_images(name) -> None:
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.parametrize(
+    "name", ["deit_tiny_patch16_224", "convnext_atto", "mobilenetv3_small_100", "efficientnet_b0", "resnet18"]
+)
+def test_timm_models_take_one_channel_28_pixel_images(name) -> None:
+    """ConvNeXt's last 2×2 downsampling needs 32 pixels: models resize inputs below their total stride."""
+    model = ModelSpec(f"timm/{name}", 10, 1, {"image_size": 28}).build("meta").eval()
+    with torch.device("meta"):
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_torchvision_vit_is_built_small_with_prunable_attention() -> None:
     model = ModelSpec("torchvision/vit_b_16", 10, 1, {"image_size": 28}).build("meta")
     assert model.image_size == 32  # 28 rounded up to the patch: 2 × 2 patches, not 224²

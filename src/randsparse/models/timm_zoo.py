@@ -10,7 +10,9 @@ builder ``(num_classes, in_channels, image_size, input_size, **options)``:
   ``patch_size: 4`` → 28, 7 × 7 patches), the small input its own data gives, unless the options
   set ``img_size``. A model whose config says it needs a fixed input (``fixed_input_size``: ViT,
   DeiT, ...) resizes its inputs to the size it was built for (its ``patch_embed.img_size``, else its
-  ``pretrained_cfg`` ``input_size``); `input_size` forces a resize for any model;
+  ``pretrained_cfg`` ``input_size``); any other resizes inputs smaller than its total stride (the
+  largest ``feature_info`` reduction: 32 for ConvNeXt, whose last 2 × 2 downsampling fails on 28
+  pixels) up to that stride; `input_size` forces a resize for any model;
 - other `options` go to timm (e.g. ``depth``, ``embed_dim``, ``num_heads``, ``drop_rate``).
 """
 
@@ -28,6 +30,12 @@ from randsparse.plugins import require_extra, unknown_name
 
 PREFIX = "timm/"
 _BUILD_ERRORS = (TypeError, ValueError, AssertionError, RuntimeError)
+
+
+def _total_stride(model: nn.Module) -> int:
+    """The largest feature stride timm declares for `model` (``feature_info`` reductions), else 1."""
+    info = getattr(model, "feature_info", None) or []
+    return max((int(f.get("reduction", 1)) for f in info if isinstance(f, dict)), default=1)
 
 
 def timm_names() -> list[str]:
@@ -81,6 +89,8 @@ def timm_builder(name: str) -> Any:
         if target is None and getattr(model, "pretrained_cfg", {}).get("fixed_input_size"):
             built = getattr(getattr(model, "patch_embed", None), "img_size", None)
             target = int(built[0]) if built else int(model.pretrained_cfg["input_size"][-1])
+        elif target is None and image_size is not None and image_size < (stride := _total_stride(model)):
+            target = stride  # ConvNeXt's last 2×2 downsampling needs at least its total stride, 32
         return resize_inputs_(model, target)
 
     builder.__name__ = builder.__qualname__ = name
