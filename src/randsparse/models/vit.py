@@ -17,6 +17,7 @@ the patch conv at PyTorch's default, LayerNorms 1 and 0.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from randsparse.errors import ConfigError, is_integer, is_real
@@ -44,7 +45,8 @@ class Block(nn.Module):
 class ViT(nn.Module):
     """Patch embedding, class token, positional embedding, `depth` blocks, classifier on the class token.
 
-    Input (N, in_channels, image_size, image_size) float; output (N, num_classes) logits.
+    Input (N, in_channels, image_size, image_size) float, zero-padded to a multiple of the patch
+    if needed; output (N, num_classes) logits.
     """
 
     def __init__(
@@ -60,7 +62,8 @@ class ViT(nn.Module):
         dropout: float,
     ) -> None:
         super().__init__()
-        grid = image_size // patch_size
+        grid = -(-image_size // patch_size)  # ceil: an image that patches do not tile is zero-padded
+        self.pad = grid * patch_size - image_size
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))
@@ -83,6 +86,8 @@ class ViT(nn.Module):
                 nn.init.zeros_(module.in_proj_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            x = F.pad(x, (0, self.pad, 0, self.pad))
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, grid², dim)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         tokens = torch.cat([cls, tokens], dim=1) + self.pos_embed
@@ -103,14 +108,13 @@ def vit(
 ) -> nn.Module:
     """Small ViT: embedding dim 64 × `width` (a multiple of `heads`), `depth` blocks, `patch_size` patches.
 
-    `image_size` (filled in from the data) must be a multiple of `patch_size` (28 and 32 take 4).
-    Raises `ConfigError` for a non-positive depth, heads or patch, or an image it does not tile.
+    `image_size` (filled in from the data) is best a multiple of `patch_size` (28 and 32 take 4);
+    otherwise images are zero-padded on the right and bottom to the next multiple. Raises
+    `ConfigError` for a non-positive depth, heads, patch or image size.
     """
     for name, value in (("depth", depth), ("heads", heads), ("patch_size", patch_size), ("image_size", image_size)):
         if not is_integer(value) or value < 1:
             raise ConfigError(f"vit: {name} must be a positive integer, got {value!r}")
-    if image_size % patch_size:
-        raise ConfigError(f"vit: image_size {image_size} is not a multiple of patch_size {patch_size}")
     if not is_real(mlp_ratio) or mlp_ratio <= 0 or not is_real(dropout) or not 0 <= dropout < 1:
         raise ConfigError(f"vit: mlp_ratio must be > 0 and dropout in [0, 1), got {mlp_ratio!r}, {dropout!r}")
     dim = max(heads, round(scaled_channels(BASE_DIM, width) / heads) * heads)
