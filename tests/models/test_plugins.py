@@ -153,21 +153,18 @@ def test_plugin_model_and_dataset_run_through_plan_train_eval_export(form, tmp_p
 
 
 @pytest.mark.integration
-def test_a_run_whose_plugin_is_gone_fails_in_one_line_naming_it(tmp_path) -> None:
+def test_a_run_whose_plugin_is_gone_fails_in_one_line_naming_it(tmp_path, monkeypatch) -> None:
+    from randsparse.train import build_config, fit
+
     root = _write_plugin(tmp_path / "site", "rsplug_gone")
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(_config("rsplug_gone:build_net", "synthetic")))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path])}
-
-    def randsparse(*args: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "randsparse", *args]
-        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-
-    trained = randsparse("train", "--config", str(config), "--out", str(tmp_path / "run"), "--quiet")
-    assert trained.returncode == 0, trained.stderr
+    monkeypatch.syspath_prepend(str(root))
+    fit(build_config(_config("rsplug_gone:build_net", "synthetic")), tmp_path / "run")
     (root / "rsplug_gone.py").unlink()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path])}
     for command in (("eval", str(tmp_path / "run")), ("export", str(tmp_path / "run"))):
-        result = randsparse(*command)
+        result = subprocess.run(
+            [sys.executable, "-m", "randsparse", *command], capture_output=True, text=True, env=env, timeout=300
+        )
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
         assert "'rsplug_gone:build_net' cannot be imported" in result.stderr
