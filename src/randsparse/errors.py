@@ -42,6 +42,14 @@ class FileFormatError(RandsparseError, ValueError):
     """A file randsparse should read is missing, unreadable, or not in the expected format."""
 
 
+class PluginError(ConfigError):
+    """A plugin (import path ``pkg.module:object`` or entry point) cannot be loaded, or is not what it should be."""
+
+
+class MissingExtraError(RandsparseError, ImportError):
+    """An optional dependency is not installed; the message names the extra that provides it."""
+
+
 class DatasetNotFoundError(RandsparseError, FileNotFoundError):
     """A dataset's files are in none of the places looked; the message lists them and how to get the data."""
 

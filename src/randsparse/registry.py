@@ -16,11 +16,19 @@ F = TypeVar("F")
 
 
 class Registry(Generic[T]):
-    """Entries of one `kind` (used in error messages, e.g. ``"model"``) by name."""
+    """Entries of one `kind` (used in error messages, e.g. ``"model"``) by name.
 
-    def __init__(self, kind: str) -> None:
+    `resolve(name)`, if given, is asked for a name that was never added (an import path, an entry
+    point, a ``torchvision/...`` name): it returns the entry, None when the name is not one it
+    knows, or raises a `RandsparseError` saying why it cannot be had. Resolved entries are kept,
+    but `names()` lists only the added ones.
+    """
+
+    def __init__(self, kind: str, resolve: Callable[[str], T | None] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._resolve = resolve
+        self._resolved: dict[str, T] = {}
 
     def add(self, name: str, entry: T) -> None:
         """Register `entry` under `name`; a name can be taken only once."""
@@ -41,7 +49,15 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise UnknownNameError(self.kind, str(name), list(self._entries)) from None
+            pass
+        if isinstance(name, str) and self._resolve is not None:
+            if name in self._resolved:
+                return self._resolved[name]
+            entry = self._resolve(name)
+            if entry is not None:
+                self._resolved[name] = entry
+                return entry
+        raise UnknownNameError(self.kind, str(name), list(self._entries))
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -51,7 +67,7 @@ class Registry(Generic[T]):
 
     def copy(self) -> Registry[T]:
         """An independent registry with the same entries (e.g. to add entries in a test only)."""
-        twin: Registry[T] = Registry(self.kind)
+        twin: Registry[T] = Registry(self.kind, self._resolve)
         twin._entries = dict(self._entries)
         return twin
 

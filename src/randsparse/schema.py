@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from randsparse.errors import ConfigError, UnknownNameError, is_integer, is_real
+from randsparse.errors import ConfigError, RandsparseError, UnknownNameError, is_integer, is_real
 
 # Largest integer torch and numpy hold (seeds, counts, steps).
 INT64_MAX = 2**63 - 1
@@ -62,6 +62,24 @@ def registered(kind: str, names: Callable[[], Iterable[str]]) -> AfterValidator:
         known = list(names())
         if value not in known:
             raise ValueError(unknown_name(kind, value, known))
+        return value
+
+    return AfterValidator(check)
+
+
+def resolvable(module: str, lookup: str) -> AfterValidator:
+    """A pydantic validator accepting the names ``module.lookup(name)`` resolves at validation time.
+
+    For registries whose names need not be listed in advance (a model or dataset given by import
+    path, entry point, ``torchvision/<name>``): the lookup's `RandsparseError` (unknown name,
+    plugin that cannot be imported, missing extra) becomes the one-line problem under the key.
+    """
+
+    def check(value: str) -> str:
+        try:
+            getattr(importlib.import_module(module), lookup)(value)
+        except RandsparseError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     return AfterValidator(check)

@@ -108,7 +108,11 @@ def check_model(model: nn.Module, recipe: tuple[str, str, str], mode: str | None
     assert checked
 
 
-@pytest.mark.parametrize("name", available_models())
+# Families whose recipe is not a Kaiming one: `vit` follows timm (tests/models/test_vit.py checks it).
+NOT_KAIMING = ("vit",)
+
+
+@pytest.mark.parametrize("name", [name for name in available_models() if name not in NOT_KAIMING])
 def test_every_layer_starts_as_the_familys_source_initialises_it(name: str) -> None:
     recipe = family_recipe(name)
     options = _small_options(name)

@@ -28,7 +28,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 # Modules of this package that each add one subcommand.
-SUBCOMMANDS: tuple[str, ...] = ("plan", "train", "eval", "study", "report", "export", "bench", "data")
+SUBCOMMANDS: tuple[str, ...] = ("plan", "train", "eval", "study", "report", "export", "bench", "data", "models")
 
 
 class Parser(argparse.ArgumentParser):

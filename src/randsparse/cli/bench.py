@@ -11,9 +11,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from randsparse.cli.common import CHANNELS, CLASSES, DEPTH, WIDTH, fraction, seed
+from randsparse.cli.common import CHANNELS, CLASSES, DEPTH, WIDTH, fraction, model_help, seed
 from randsparse.errors import ConfigError
-from randsparse.models import available_models
 from randsparse.schema import MAX_BATCH, MAX_IMAGE_SIZE, MAX_PROCESSES, MAX_REPEATS, flag_number
 from randsparse.sparsity import available_distributions
 
@@ -48,7 +47,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         ),
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model", required=True, help=f"model name; one of: {', '.join(available_models())}")
+    model.add_argument("--model", required=True, help=model_help())
     model.add_argument("--width", type=WIDTH, help="width multiplier (models that have one)")
     model.add_argument("--depth", type=DEPTH, help="depth (models with a depth knob)")
     model.add_argument("--num-classes", type=CLASSES, default=10, help="classifier outputs (default 10)")

@@ -41,10 +41,18 @@ def output_file(path: str | Path, kind: str, flag: str) -> Path:
     return check_output_path(path, kind, flag)
 
 
+def model_help() -> str:
+    """--model's help: the registered names and the other forms a model name can take."""
+    return (
+        f"model name: one of {', '.join(available_models())}; or torchvision/<name>, timm/<name> (see"
+        " `randsparse models`), or an import path package.module:builder"
+    )
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """--model, --width, --depth, --num-classes, --in-channels."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", required=True, help=f"model name; one of: {', '.join(available_models())}")
+    group.add_argument("--model", required=True, help=model_help())
     group.add_argument("--width", type=WIDTH, help=f"width multiplier (models that have one), at most {MAX_WIDTH:g}")
     group.add_argument("--depth", type=DEPTH, help="depth (models with a depth knob, e.g. cifar_resnet)")
     group.add_argument("--num-classes", type=CLASSES, default=10, help="classifier outputs (default 10)")

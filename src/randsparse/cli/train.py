@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -64,6 +65,7 @@ def _default_out(config: TrainConfig) -> Path:
         kind = "saved-masks"
     width = f"-w{config.model.width:g}" if config.model.width is not None else ""
     stem = f"{config.model.name}{width}-{config.data.name}-{kind}"
+    stem = re.sub(r"[^\w.+-]", "_", stem)  # plugin names ("pkg.mod:build", "timm/vit") make one folder
     paths = [Path("runs") / f"{stem}-{run_id[:8]}" for run_id in run_ids(config)]
     # the run's directory under the id an older release gave it, if it is there
     return next((path for path in paths if path.exists()), paths[0])

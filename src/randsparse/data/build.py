@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +41,8 @@ def _recipe(
 ) -> tuple[Recipe, Any]:
     """The entry's recipe for `options`, and the folder holding its files (None for bundled/generated sets)."""
     directory = find_directory(entry.name, root, download) if entry.origin == "files" else None
+    if entry.origin == "plugin" and root is not None:  # a plugin finds its own files under root
+        directory = Path(root).expanduser()
     options = dict(options)
     for reserved in ("directory", "like"):
         if reserved in options:

@@ -34,7 +34,8 @@ class Location:
     """Where a dataset was found (`path`, `origin`), or not, and every folder looked at, in order.
 
     `origin` is "root", "$RANDSPARSE_DATA", "system" or "cache" for files found there, "bundled"
-    for data shipped inside an installed package, "generated" for data made from a seed, and
+    for data shipped inside an installed package, "generated" for data made from a seed, "plugin"
+    for a factory given by import path or entry point, and
     "missing" when nothing was found.
     """
 
@@ -88,6 +89,8 @@ def locate(name: str, root: str | os.PathLike[str] | None = None) -> Location:
     entry = get_entry(name)
     if entry.origin == "generated":
         return Location(name, None, "generated")
+    if entry.origin == "plugin":  # a plugin factory finds its own data (under root, if given)
+        return Location(name, None if root is None else Path(root).expanduser(), "plugin")
     if entry.origin == "bundled":
         return Location(name, entry.bundled_path() if entry.bundled_path else None, "bundled")
     looked: list[Path] = []

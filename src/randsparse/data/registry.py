@@ -5,6 +5,16 @@ arguments with defaults) returning a `Recipe`. Facts that do not depend on the o
 names it is stored under, the files that must be there, the Debian package and the torchvision
 downloader that provide it) go to the decorator, so `locate` can look for a dataset without
 knowing any option.
+
+A dataset of the user's own needs no registration (resolved by `get_entry` on first use):
+
+- ``data.name: "package.module:factory"``, an import path to a factory as above: a function of
+  keyword options (from ``data.options``) returning a `Recipe`. If it takes a ``directory``
+  parameter it gets ``data.root`` / ``--data-dir`` as a `Path` (None when not given), and a
+  ``like`` parameter the `DatasetInfo` to look like (see `build`); no lookup is made for it;
+- a name an installed package registers under the entry-point group ``randsparse.data``
+  (`ENTRY_POINT_GROUP`): the entry point's object is such a factory, or a module that registers
+  the name itself with `register_dataset` when imported (then with its own lookup facts).
 """
 
 from __future__ import annotations
@@ -17,10 +27,12 @@ from typing import Any, Literal
 
 import torch
 
-from randsparse.errors import ConfigError, is_integer
+from randsparse.errors import ConfigError, PluginError, UnknownNameError, is_integer
+from randsparse.plugins import entry_point_names, is_import_path, load_entry_point, load_import_path
 from randsparse.registry import Registry
 
-Origin = Literal["files", "bundled", "generated"]
+# "plugin": a factory given by import path or entry point; it finds its own data (root is passed on).
+Origin = Literal["files", "bundled", "generated", "plugin"]
 SourceSplit = Literal["train", "test"]
 
 
@@ -163,7 +175,41 @@ class DatasetEntry:
         return self.factory(**options)
 
 
-_ENTRIES: Registry[DatasetEntry] = Registry("dataset")
+# Installed packages register dataset factories under this entry-point group, named after the
+# package whose registry it extends (as ``randsparse.models`` is for models).
+ENTRY_POINT_GROUP = "randsparse.data"
+
+
+def _resolve(name: str) -> DatasetEntry | None:
+    """The entry of a dataset that was never registered: an import path or an entry point."""
+    if is_import_path(name):
+        return _plugin_entry(name, load_import_path("dataset", name))
+    found = load_entry_point("dataset", ENTRY_POINT_GROUP, name)
+    if found is None:
+        error = UnknownNameError("dataset", name, available_datasets())
+        error.args = (f"{error}; or an import path <package.module:factory>",)
+        raise error
+    if name in _ENTRIES:  # the plugin's module registered the name itself when imported
+        return _ENTRIES[name]
+    return _plugin_entry(name, found)
+
+
+def _plugin_entry(name: str, factory: object) -> DatasetEntry:
+    if not callable(factory):
+        raise PluginError(f"dataset plugin {name!r} is a {type(factory).__name__}, not a factory of options -> Recipe")
+
+    def checked(**options: Any) -> Recipe:
+        recipe = factory(**options)
+        if not isinstance(recipe, Recipe):
+            raise PluginError(f"dataset plugin {name!r} returned a {type(recipe).__name__}, not a randsparse Recipe")
+        return recipe
+
+    checked.__signature__ = inspect.signature(factory)  # type: ignore[attr-defined]
+    checked.__doc__ = inspect.getdoc(factory)
+    return DatasetEntry(name, checked, "plugin", (), (), None, None, "")
+
+
+_ENTRIES: Registry[DatasetEntry] = Registry("dataset", _resolve)
 
 
 def register_dataset(
@@ -199,10 +245,14 @@ def register_dataset(
 
 
 def available_datasets() -> list[str]:
-    """Names of every registered dataset, sorted."""
-    return _ENTRIES.names()
+    """Names of every registered dataset and of those installed packages register (entry points), sorted."""
+    return sorted({*_ENTRIES.names(), *entry_point_names(ENTRY_POINT_GROUP)})
 
 
 def get_entry(name: str) -> DatasetEntry:
-    """The registry entry of `name`; `UnknownNameError` listing the known datasets otherwise."""
+    """The entry of `name` (registered, an entry point, or an import path ``package.module:factory``).
+
+    Raises `UnknownNameError` listing the known datasets, or `PluginError` when a plugin cannot be
+    imported or is not a factory.
+    """
     return _ENTRIES[name]

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from randsparse.errors import ConfigError, is_real, validation_message
-from randsparse.schema import INT64_MAX, MAX_BATCH, SECTION, registered
+from randsparse.schema import INT64_MAX, MAX_BATCH, SECTION, registered, resolvable
 
 
 def _ood_scores() -> list[str]:
@@ -22,14 +22,8 @@ def _ood_scores() -> list[str]:
     return available_ood_scores()
 
 
-def _datasets() -> list[str]:
-    from randsparse.data import available_datasets
-
-    return available_datasets()
-
-
 OodScoreName = Annotated[str, registered("OOD score", _ood_scores)]
-OodSetName = Annotated[str, registered("dataset", _datasets)]
+OodSetName = Annotated[str, resolvable("randsparse.data.registry", "get_entry")]  # plugins too
 
 
 def _split(value: Any) -> Any:

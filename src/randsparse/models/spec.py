@@ -40,7 +40,8 @@ class ModelSpec:
         """The spec of a `ModelConfig` (or its JSON form) for data like `info` (a `DatasetInfo`).
 
         The config's `width` and `depth` join its `options`; `info.image_size` is passed to the
-        builders that take an ``image_size`` (an MLP's input size) unless the config sets it.
+        builders that take an ``image_size`` (an MLP's input size, a ViT's, a torchvision or timm
+        model's: see `randsparse.models.torchvision_zoo`) unless the config sets it.
         Without `info` (enough for `architecture`), classes and channels keep their defaults.
         """
         get = config.get if isinstance(config, Mapping) else partial(getattr, config)

@@ -1,10 +1,13 @@
-"""Layer-type groups (convs, norms, weight layers) and each weight layer's geometry.
+"""Layer-type groups (convs, norms, attention, weight layers) and each weight layer's geometry.
 
 The one home of "which module types are convs / norms" and of how a weight's shape reads: a
 Conv weight is ``(out, in / groups, *kernel)``, a transposed conv's ``(in, out / groups, *kernel)``
-and a Linear's ``(out, in)``. Anything that needs a layer's outputs, fan-in or fan-out asks
-`layer_geometry` (from a module) or `shape_outputs` (from a shape alone) instead of indexing a
-shape.
+and a Linear's ``(out, in)``. A fused attention projection stacks `blocks` projections along its
+first dimension: `nn.MultiheadAttention`'s ``in_proj_weight`` is q, k and v, three ``(E, E)``
+projections in one ``(3E, E)`` tensor (`ATTENTION_WEIGHTS`), and so is a Linear named ``qkv`` with
+three times as many outputs as inputs (timm's and most ViTs' attention). Anything that needs a
+layer's outputs, fan-in or fan-out asks `layer_geometry` (from a module) or `shape_outputs` (from a
+shape alone) instead of indexing a shape.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from torch import nn
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Every module whose `weight` is a matrix of connections (conv of any kind, or Linear).
 WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
+# nn.MultiheadAttention's projection weights (the output projection is its Linear ``out_proj``), by
+# attribute: q, k, v fused in one (3E, E) tensor, or separate when kdim/vdim differ from E.
+ATTENTION_WEIGHTS: dict[str, int] = {"in_proj_weight": 3, "q_proj_weight": 1, "k_proj_weight": 1, "v_proj_weight": 1}
+# Embedding tables: lookups, not connections; prunable only when asked (`PrunableSelector.embeddings`).
+EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 # Modules whose weights are scale/shift vectors, never connections (BatchNorm, InstanceNorm, ...).
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
@@ -32,7 +40,9 @@ class LayerGeometry:
     """Units of a weight layer: `out` and `in_` channels (features), `kernel` elements, `groups`.
 
     `kernel_size` is the kernel's extent per dimension (empty for a Linear). `fan_in` (inputs per
-    output) and `fan_out` (outputs per input) count the connections one unit has.
+    output) and `fan_out` (outputs per input) count the connections one unit has. `blocks` > 1 for
+    a weight stacking that many projections of ``(out, in)`` along its first dimension (q, k, v in
+    an attention's ``in_proj_weight``): `out` and `layout` are one projection's, `outputs` all of them.
     """
 
     out: int
@@ -40,6 +50,12 @@ class LayerGeometry:
     kernel: int = 1
     groups: int = 1
     kernel_size: tuple[int, ...] = ()
+    blocks: int = 1
+
+    @property
+    def outputs(self) -> int:
+        """Output units of the whole weight: ``out × blocks``."""
+        return self.out * self.blocks
 
     @property
     def layout(self) -> tuple[int, ...]:
@@ -75,12 +91,17 @@ class LayerShape(tuple):  # type: ignore[type-arg]
         return (LayerShape, (tuple(self), self.geometry))
 
 
-def layer_geometry(module: nn.Module, weight: torch.Tensor | None = None) -> LayerGeometry:
-    """(out, in, kernel, groups) of a Linear, Conv1/2/3d or ConvTranspose1/2/3d module.
+def layer_geometry(module: nn.Module, weight: torch.Tensor | None = None, attr: str = "weight") -> LayerGeometry:
+    """(out, in, kernel, groups, blocks) of the weight `attr` of a Linear, Conv, ConvTranspose or MultiheadAttention.
 
-    Any other module is read by `shape_geometry` from its `weight` (or `weight`). Raises
-    `TypeError` when there is no weight to read.
+    An attention's ``in_proj_weight`` is three ``(E, E)`` blocks; any other module is read by
+    `shape_geometry` from `weight` (or its attribute `attr`). Raises `TypeError` when there is no
+    weight to read.
     """
+    if isinstance(module, nn.MultiheadAttention) and attr in ATTENTION_WEIGHTS:
+        weight = getattr(module, attr)
+        blocks = ATTENTION_WEIGHTS[attr]
+        return LayerGeometry(weight.shape[0] // blocks, weight.shape[1], blocks=blocks)
     if isinstance(module, nn.modules.conv._ConvNd):
         size = tuple(module.kernel_size)
         return LayerGeometry(module.out_channels, module.in_channels, math.prod(size), module.groups, size)
@@ -109,5 +130,5 @@ def weight_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def shape_outputs(shape: tuple[int, ...]) -> int:
-    """Output units of the layer owning a weight of `shape` (`shape_geometry(shape).out`)."""
-    return shape_geometry(shape).out
+    """Output units of the layer owning a weight of `shape` (`shape_geometry(shape).outputs`)."""
+    return shape_geometry(shape).outputs

@@ -1,7 +1,12 @@
 """Which parameters of a model are prunable, in the model's registration order.
 
 By default the weight of every Conv1d/2d/3d (grouped and depthwise included) and Linear module is
-prunable; normalisation weights and biases never are, whatever the filters say.
+prunable, and so are `nn.MultiheadAttention`'s projections: ``in_proj_weight`` (q, k, v as one
+``(3E, E)`` tensor; its shape carries three ``(E, E)`` blocks, see `layer_types`) or the separate
+``q_proj_weight`` / ``k_proj_weight`` / ``v_proj_weight`` when kdim/vdim differ, and
+``out_proj.weight`` (a Linear). Normalisation weights, biases, positional and class tokens (plain
+parameters of no weight layer) never are, whatever the filters say; embedding tables only when
+`PrunableSelector.embeddings` asks.
 """
 
 from __future__ import annotations
@@ -13,9 +18,17 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from randsparse.errors import ConfigError
-from randsparse.sparsity.layer_types import CONV_TYPES, NORM_TYPES, LayerShape, layer_geometry
+from randsparse.sparsity.layer_types import (
+    ATTENTION_WEIGHTS,
+    CONV_TYPES,
+    EMBEDDING_TYPES,
+    NORM_TYPES,
+    LayerGeometry,
+    LayerShape,
+    layer_geometry,
+)
 
-DEFAULT_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear)
+DEFAULT_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear, nn.MultiheadAttention)
 
 # Modules whose weights are scale/shift vectors, never connections: excluded even if a user's
 # type filter would admit them.
@@ -28,15 +41,17 @@ Shape = tuple[int, ...]
 class PrunableSelector:
     """Filters deciding which module weights are prunable.
 
-    A weight is prunable when its module is an instance of one of `types` and of none of
-    `exclude_types`, its name (``"<module>.weight"``) matches `include` (if given, `re.search`) and
-    does not match `exclude` (if given).
+    A weight is prunable when its module is an instance of one of `types` (or an embedding and
+    `embeddings` is true) and of none of `exclude_types`, its name (``"<module>.weight"``,
+    ``"<attention>.in_proj_weight"``) matches `include` (if given, `re.search`) and does not match
+    `exclude` (if given).
     """
 
     types: tuple[type[nn.Module], ...] = DEFAULT_PRUNABLE_TYPES
     exclude_types: tuple[type[nn.Module], ...] = ()
     include: str | None = None
     exclude: str | None = None
+    embeddings: bool = False
     _include_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
     _exclude_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
@@ -48,7 +63,8 @@ class PrunableSelector:
         """True when `module`'s weight, named `param_name`, is prunable under these filters."""
         if isinstance(module, _NEVER_PRUNABLE_TYPES):
             return False
-        if not isinstance(module, self.types) or isinstance(module, self.exclude_types):
+        admitted = isinstance(module, self.types) or (self.embeddings and isinstance(module, EMBEDDING_TYPES))
+        if not admitted or isinstance(module, self.exclude_types):
             return False
         if self._include_re is not None and not self._include_re.search(param_name):
             return False
@@ -67,20 +83,23 @@ def _compile(pattern: str | None, what: str) -> re.Pattern[str] | None:
 def prunable_parameters(model: nn.Module, selector: PrunableSelector | None = None) -> dict[str, nn.Parameter]:
     """Prunable weights of `model` by qualified name, in registration order.
 
-    Only a module's own ``weight`` is considered (biases are never pruned); a weight shared by
-    several modules is listed once, under its first name.
+    Only a module's own ``weight`` is considered (biases are never pruned), and an attention's
+    projection weights (`layer_types.ATTENTION_WEIGHTS`); a weight shared by several modules is
+    listed once, under its first name.
     """
     selector = selector or PrunableSelector()
     found: dict[str, nn.Parameter] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
-        weight = module._parameters.get("weight")
-        if weight is None or id(weight) in seen:
-            continue
-        name = f"{module_name}.weight" if module_name else "weight"
-        if selector.admits(module, name):
-            found[name] = weight
-            seen.add(id(weight))
+        attributes = ATTENTION_WEIGHTS if isinstance(module, nn.MultiheadAttention) else ("weight",)
+        for attr in attributes:
+            weight = module._parameters.get(attr)
+            if weight is None or id(weight) in seen:
+                continue
+            name = f"{module_name}.{attr}" if module_name else attr
+            if selector.admits(module, name):
+                found[name] = weight
+                seen.add(id(weight))
     return found
 
 
@@ -88,12 +107,17 @@ def prunable_shapes(model: nn.Module, selector: PrunableSelector | None = None) 
     """`{name: shape}` of the prunable weights: the input every density rule works on.
 
     Each shape is a `LayerShape`, a tuple that also carries its layer's geometry, so rules that
-    need a layer's outputs read them right for transposed convs too.
+    need a layer's outputs read them right for transposed convs too, and ER/ERK see a fused q/k/v
+    projection as its three ``(E, E)`` projections: an attention's ``in_proj_weight``, and a
+    Linear named ``qkv`` with three times as many outputs as inputs (timm's attention).
     """
     shapes: dict[str, Shape] = {}
     for name, p in prunable_parameters(model, selector).items():
-        module, _ = owning_module(model, name)
-        shapes[name] = LayerShape(tuple(p.shape), layer_geometry(module, p))
+        module, attr = owning_module(model, name)
+        geometry = layer_geometry(module, p, attr)
+        if name.endswith("qkv.weight") and isinstance(module, nn.Linear) and geometry.out == 3 * geometry.in_:
+            geometry = LayerGeometry(geometry.in_, geometry.in_, blocks=3)
+        shapes[name] = LayerShape(tuple(p.shape), geometry)
     return shapes
 
 

@@ -134,7 +134,9 @@ class MaskSet(Mapping[str, torch.Tensor]):
         """Draw a random mask per layer at the given densities.
 
         `sampling="exact"` keeps ``round(density * size)`` positions chosen uniformly without
-        replacement; ``"bernoulli"`` keeps each weight independently with probability `density`.
+        replacement (of each block, for a `LayerShape` whose geometry stacks `blocks` projections:
+        q, k and v of an attention's ``in_proj_weight`` keep ``round(density * E²)`` each);
+        ``"bernoulli"`` keeps each weight independently with probability `density`.
         """
         if sampling not in SAMPLING_MODES:
             raise ConfigError(f"unknown sampling {sampling!r}; known: {', '.join(SAMPLING_MODES)}")
@@ -149,7 +151,12 @@ class MaskSet(Mapping[str, torch.Tensor]):
             size = math.prod(shape)
             rng = layer_generator(base, name)
             if sampling == "exact":
-                flat = _draw_exact(rng, size, kept_count(densities[name], size))
+                # A weight stacking projections (q, k, v of an attention) keeps the exact count of
+                # each: its blocks are drawn one after the other from the layer's stream.
+                blocks = getattr(getattr(shape, "geometry", None), "blocks", 1)
+                block = size // blocks
+                parts = [_draw_exact(rng, block, kept_count(densities[name], block)) for _ in range(blocks)]
+                flat = parts[0] if blocks == 1 else np.concatenate(parts)
             else:
                 flat = _draw_bernoulli(rng, size, densities[name])
             masks[name] = torch.from_numpy(flat).reshape(shape)

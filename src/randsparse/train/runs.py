@@ -12,7 +12,7 @@ from torch import nn
 from randsparse import data as datasets
 from randsparse.errors import FileFormatError, MaskMismatchError, first_line
 from randsparse.models import ModelSpec
-from randsparse.sparsity import MaskSet, prunable_shapes
+from randsparse.sparsity import MaskSet, PrunableSelector, prunable_shapes
 from randsparse.train.checkpoint import load_checkpoint
 from randsparse.train.config import TrainConfig
 from randsparse.train.ema import evaluated_weights
@@ -69,7 +69,8 @@ def load_run(run_dir: str | Path, which: Literal["best", "last"] = "best") -> Lo
         except MaskMismatchError as exc:
             raise FileFormatError(f"masks in {str(path)!r} are corrupt: {exc}") from None
         masks.validate(model, expected=list(masks))
-        unknown = set(masks) - set(prunable_shapes(model))
+        widest = PrunableSelector(embeddings=config.sparsity.prune_embeddings)  # include/exclude only narrow it
+        unknown = set(masks) - set(prunable_shapes(model, widest))
         if unknown:
             raise MaskMismatchError(f"masks in {str(path)!r} cover non-prunable weights: {sorted(unknown)[0]}")
         masks.apply_(model)

@@ -26,11 +26,10 @@ from randsparse.schema import (
     names_from,
     refuse_unused,
     registered,
+    resolvable,
 )
 
 # Where each name's registry lists its entries (read at validation time: entries added later count).
-_models = names_from("randsparse.models", "available_models")
-_datasets = names_from("randsparse.data", "available_datasets")
 _distributions = names_from("randsparse.sparsity", "available_distributions")
 _scorers = names_from("randsparse.sparsity", "available_scorers")
 _sampling_modes = names_from("randsparse.sparsity.masks", "SAMPLING_MODES")
@@ -62,8 +61,9 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """Which architecture to build, and its knobs."""
 
-    name: Annotated[str, registered("model", _models)] = Field(
-        description="registered model name, e.g. small_cnn, resnet20, vgg16, wrn"
+    name: Annotated[str, resolvable("randsparse.models", "model_builder")] = Field(
+        description="model name: registered (small_cnn, resnet20, vgg16, wrn, ...), a package's entry point,"
+        " an import path package.module:builder, torchvision/<name> or timm/<name>"
     )
     width: float | None = Field(
         default=None, gt=0, le=MAX_WIDTH, description=f"width multiplier (models that have one), at most {MAX_WIDTH:g}"
@@ -94,8 +94,9 @@ _MODEL_ARGUMENTS = ("num_classes", "in_channels")
 class DataConfig(_Section):
     """Which dataset, where it is, and how it is batched."""
 
-    name: Annotated[str, registered("dataset", _datasets)] = Field(
-        description="registered dataset name, e.g. fashion_mnist, cifar10, synthetic"
+    name: Annotated[str, resolvable("randsparse.data.registry", "get_entry")] = Field(
+        description="dataset name: registered (fashion_mnist, cifar10, synthetic, ...), a package's entry point"
+        " or an import path package.module:factory"
     )
     root: str | None = Field(default=None, description="directory holding the files (else the standard lookup)")
     download: bool = Field(default=False, description="let torchvision download the files when missing")
@@ -146,6 +147,9 @@ class SparsityConfig(_Section):
     )
     exclude: Annotated[str | None, AfterValidator(_regex)] = Field(
         default=None, description="never prune weights whose name matches this regex"
+    )
+    prune_embeddings: bool = Field(
+        default=False, description="also prune embedding tables (nn.Embedding weights), which are dense by default"
     )
     prune: Annotated[str, registered("scorer", _scorers)] | None = Field(
         default=None,

@@ -137,7 +137,7 @@ def draw_masks(
         if "densities" in options:
             raise ConfigError("give the custom densities either in sparsity.options.densities or custom_file")
         options["densities"] = load_custom_densities(config.custom_file)
-    selector = PrunableSelector(include=config.include, exclude=config.exclude)
+    selector = PrunableSelector(include=config.include, exclude=config.exclude, embeddings=config.prune_embeddings)
     plan = plan_sparsity(
         model,
         config.sparsity,

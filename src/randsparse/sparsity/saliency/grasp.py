@@ -6,6 +6,7 @@ import itertools
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from randsparse.errors import ConfigError, is_real
 from randsparse.sparsity.saliency.inputs import (
@@ -39,7 +40,8 @@ def grasp(
     sample holds `samples_per_class` examples of each class; the number of classes is
     `num_classes`, else the dataset's (``classes`` or ``info.num_classes``), else the width of the
     model's output: never assumed. ``H g``
-    is a Hessian-vector product (double backward), in chunks of `batch_size` examples.
+    is a Hessian-vector product (double backward), in chunks of `batch_size` examples; attention
+    runs on PyTorch's math kernel, the one whose backward can itself be differentiated.
     """
     if not is_real(temperature) or not temperature > 0:
         raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
@@ -67,7 +69,10 @@ def grasp(
     def chunk_loss(cx: torch.Tensor, cy: torch.Tensor) -> torch.Tensor:
         """This chunk's share of the sample's mean loss, so chunk gradients add up to the sample's."""
         cx, cy = to_device(inp, cx, cy)
-        return F.cross_entropy(logits(model, cx, cy) / temperature, cy, reduction="sum") / count
+        # Attention's fused kernels have no double backward: the math kernel's graph does.
+        with sdpa_kernel(SDPBackend.MATH):
+            out = logits(model, cx, cy)
+        return F.cross_entropy(out / temperature, cy, reduction="sum") / count
 
     if len(chunks) == 1:
         # One chunk: one forward serves both g and Hg (g is the detached gradient of the same graph).
