@@ -225,7 +225,8 @@ _WRONG: dict[type, list[str]] = {
 def _kind(annotation: Any) -> type:
     """The one kind a key is tested as: a number where a union admits one (e.g. ``"dynamic" | float``)."""
     kinds = _kinds(annotation)
-    return next((k for k in (float, int) if k in kinds), None) or kinds.pop()
+    # A number where a union admits one, then a bool (``true | "backend name"``): never an arbitrary pick.
+    return next((k for k in (float, int, bool) if k in kinds), None) or kinds.pop()
 
 
 _KEYS = [(key, _kind(annotation)) for key, annotation in _leaves(TrainConfig)]

@@ -23,6 +23,11 @@ def compiled(net: nn.Module, setting: bool | str) -> nn.Module:
     """
     if setting is False:
         return net
+    return torch.compile(net, backend=check_backend(setting))
+
+
+def check_backend(setting: bool | str) -> str:
+    """The torch.compile backend `setting` names (True: Inductor); `ConfigError` where it cannot run."""
     try:
         import torch._dynamo as dynamo
     except ImportError:
@@ -35,4 +40,4 @@ def compiled(net: nn.Module, setting: bool | str) -> nn.Module:
         raise ConfigError(f"unknown torch.compile backend {backend!r}; known: {', '.join(sorted(known))}")
     if backend == "inductor" and not dynamo.is_inductor_supported():
         raise ConfigError("torch.compile's inductor backend is not supported here; set compile=aot_eager or false")
-    return torch.compile(net, backend=backend)
+    return backend

@@ -104,6 +104,18 @@ class TrainConfig(_Section):
             return {"sparsity": value}
         return value
 
+    @field_validator("compile")
+    @classmethod
+    def _known_backend(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str):  # a backend name is checked when the config is read, not at launch
+            from randsparse.train.compiled import check_backend
+
+            try:
+                check_backend(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
