@@ -267,7 +267,6 @@ class _SparseConvFn(torch.autograd.Function):
             gw = pack.slots.scatter(gv, weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum((0, 2, 3))
-        ctx.gathered = None
         return gx, gw, gb, None
 
 
