@@ -58,6 +58,11 @@ class TrainConfig(_Section):
         default=0, ge=0, le=INT64_MAX, description="seeds model init, data order and augmentation (an int64)"
     )
     device: str = Field(default="auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
+    engine: Literal["auto", "dense", "sparse"] = Field(
+        default="dense",
+        description="how masked layers train on the CPU: dense (masked dense ops), sparse (work in proportion"
+        " to the kept weights), auto (per layer, whichever measures faster)",
+    )
     amp: bool = Field(default=False, description="mixed precision (bfloat16/float16 autocast) on CUDA")
     amp_dtype: Literal["auto", "bf16", "fp16"] = Field(
         default="auto", description="autocast dtype of amp; auto: bf16 where the GPU has it, else fp16"

@@ -28,6 +28,7 @@ from randsparse.data import EpochBatchSampler, EpochSampler, dataset_info
 from randsparse.data import build as build_dataset
 from randsparse.errors import ConfigError, RandsparseError
 from randsparse.seeding import mix, seed_everything
+from randsparse.accel.engine import engine_report, use_engine
 from randsparse.sparsity import MaskSet, attach, masks_from_model
 from randsparse.train import precision
 from randsparse.train.checkpoint import Progress
@@ -74,6 +75,7 @@ def _prepare(
     optimizer = build_optimizer(model, config.optim)
     if masks is not None:
         attach(model, masks, optimizer)
+        use_engine(model, config.engine)  # after attach: the engine engages the masked layers
     dist.check_masks(masks_from_model(model))  # what each rank enforces, not what it was sent
     scheduler = build_scheduler(optimizer, config.schedule, steps, config.epochs, config.optim.lr)
     scaler = precision.build_scaler(config, device, amp_dtype)
@@ -355,6 +357,8 @@ def _finish_epoch(run: Run, epoch: int, row: dict[str, Any], val_loader: DataLoa
     run.save(run.run_dir.last_checkpoint)
     run.files.write_metrics(progress.history)
     run.files.update_summary(epochs=progress.epoch, best_val_accuracy=progress.best_val_accuracy)
+    if run.config.engine != "dense" and run.dist.is_main:
+        run.run_dir.write_engine(engine_report(run.model))
     if run.writer is not None:
         for key, value in record.items():
             if key not in ("epoch", "step") and isinstance(value, (int, float)):
