@@ -12,7 +12,9 @@ from torch import nn
 from randsparse.accel.autograd import ConvPack, LinearPack, sparse_conv2d, sparse_linear
 
 
-def _masked(shape: tuple[int, ...], density: float, seed: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+def _masked(
+    shape: tuple[int, ...], density: float, seed: int, dtype=torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     mask = torch.rand(shape, generator=gen) < density
     weight = torch.randn(shape, generator=gen, dtype=dtype) * mask

@@ -92,7 +92,7 @@ class LinearPack:
         self.cols = (self.slots.index % self.shape[1]).to(torch.int32).numpy()
         self.rowptr_t = rowptr_t
         self.cols_t = (self.slots_t.index // self.shape[1]).to(torch.int32).numpy()
-        self.nnz = int(len(self.slots.kept))
+        self.nnz = len(self.slots.kept)
         self._zeros: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
     def zeros(self, n: int, dtype: torch.dtype) -> np.ndarray:
@@ -181,13 +181,13 @@ class ConvPack:
         mask_t = _flip_transpose(mask, self.groups)
         self.slots_t = _slots(_flip_transpose(index, self.groups), mask_t)[1]
         # Stride 1 with padding <= the reach of the kernel: the padding is the kernel's own.
-        reach = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-        self.direct_pad = self.stride == (1, 1) and all(r >= p for r, p in zip(reach, self.padding))
-        pad = tuple(r - p for r, p in zip(reach, self.padding)) if self.direct_pad else (0, 0)
+        reach = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
+        self.direct_pad = self.stride == (1, 1) and all(r >= p for r, p in zip(reach, self.padding, strict=True))
+        pad = tuple(r - p for r, p in zip(reach, self.padding, strict=True)) if self.direct_pad else (0, 0)
         self.backward_conv = SparseConv2d(
             torch.zeros(mask_t.shape), mask_t, None, 1, pad, self.dilation, self.groups, mode="sparse"
         )
-        self.nnz = int(len(self.slots.kept))
+        self.nnz = len(self.slots.kept)
         self._zeros: dict[tuple[int, torch.dtype], np.ndarray] = {}
 
     def zeros(self, n: int, dtype: torch.dtype) -> np.ndarray:
@@ -251,7 +251,9 @@ class _SparseConvFn(torch.autograd.Function):
             conv = pack.backward_conv
             source = pack.input_grad_source(gy, *ctx.input_hw)
             gathered, plan = conv.gather(source)
-            gx = conv.direct(gathered, plan, pack.slots_t.values(weight).numpy(), pack.zeros(pack.in_channels, gy.dtype))
+            gx = conv.direct(
+                gathered, plan, pack.slots_t.values(weight).numpy(), pack.zeros(pack.in_channels, gy.dtype)
+            )
         if ctx.needs_input_grad[1]:
             plan = ctx.plan
             gq = _output_grad_layout(gy, plan.hq, plan.wq)
@@ -262,7 +264,13 @@ class _SparseConvFn(torch.autograd.Function):
             k_chunk = max(1, -(-pack.out_channels // (4 * threads)))
             gv = torch.empty(len(pack.slots.index), dtype=gy.dtype)
             kernels.conv2d_sddmm(
-                ctx.gathered, gq[:, :length].numpy(), pack.forward_conv.rowptr.numpy(), plan.offsets, gv.numpy(), k_chunk, piece
+                ctx.gathered,
+                gq[:, :length].numpy(),
+                pack.forward_conv.rowptr.numpy(),
+                plan.offsets,
+                gv.numpy(),
+                k_chunk,
+                piece,
             )
             gw = pack.slots.scatter(gv, weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:

@@ -286,7 +286,7 @@ def engine_report(model: nn.Module) -> dict[str, Any]:
     engaged_names = {entry["name"] for entry in layers}
     skipped = []
     for name, module in model.named_modules():
-        if type(module) in _ENGINE_CLASS and ("weight" + BUFFER_SUFFIX) in module._buffers:
-            if name not in engaged_names:
-                skipped.append({"name": name, "reason": _uncovered(module) or "engine off (dense) or not on the CPU"})
+        masked = type(module) in _ENGINE_CLASS and ("weight" + BUFFER_SUFFIX) in module._buffers
+        if masked and name not in engaged_names:
+            skipped.append({"name": name, "reason": _uncovered(module) or "engine off (dense) or not on the CPU"})
     return {"sparse_margin": SPARSE_MARGIN, "layers": layers, "not_engaged": skipped}

@@ -172,7 +172,7 @@ class SparseConv2d(SparseModule):
         return plan
 
     def gather(self, x: torch.Tensor) -> tuple[np.ndarray, _ConvPlan]:
-        """`x` (N, C, H, W) laid out as the direct convolution reads it (see `kernels.conv2d_gather_input`), and the plan."""
+        """`x` (N, C, H, W) as the direct convolution reads it (`kernels.conv2d_gather_input`), and the plan."""
         kernels.sync_threads()
         n_img, channels, height, width = x.shape
         plan = self._plan(n_img, height, width)

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from randsparse.accel.engine import engine_report, use_engine
 from randsparse.data import EpochBatchSampler, EpochSampler, dataset_info
 from randsparse.data import build as build_dataset
 from randsparse.errors import ConfigError, RandsparseError
 from randsparse.seeding import mix, seed_everything
-from randsparse.accel.engine import engine_report, use_engine
 from randsparse.sparsity import MaskSet, attach, masks_from_model
 from randsparse.train import precision
 from randsparse.train.checkpoint import Progress
