@@ -128,3 +128,17 @@ def test_float32_and_batched_linear_inputs() -> None:
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_an_in_place_op_may_follow_the_sparse_linear() -> None:
+    weight, mask = _masked((6, 5), 0.5, 5)
+    pack = LinearPack(mask)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    sparse_in, dense_in = _leaves(x, weight, None), _leaves(x, weight, None)
+    _compare(
+        F.relu(sparse_linear(sparse_in[0], sparse_in[1], None, pack), inplace=True),
+        F.relu(F.linear(dense_in[0], dense_in[1]), inplace=True),
+        sparse_in,
+        dense_in,
+        mask,
+    )

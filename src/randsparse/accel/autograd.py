@@ -111,12 +111,13 @@ class _SparseLinearFn(torch.autograd.Function):
         xt = _feature_major(x.detach())
         vals = pack.slots.values(weight)
         b = pack.zeros(out_features, x.dtype) if bias is None else bias.detach().contiguous().numpy()
-        yt = torch.empty(out_features, x.shape[0], dtype=x.dtype)
-        kernels.csr_matmat(pack.rowptr, pack.cols, vals.numpy(), b, xt.numpy(), yt.numpy())
+        # A (batch, out) tensor stored feature-major: not a view, so in-place ops (ReLU) may follow.
+        y = torch.empty_strided((x.shape[0], out_features), (1, x.shape[0]), dtype=x.dtype)
+        kernels.csr_matmat(pack.rowptr, pack.cols, vals.numpy(), b, xt.numpy(), y.t().numpy())
         ctx.pack = pack
         ctx.has_bias = bias is not None
         ctx.save_for_backward(xt, weight)
-        return yt.t()
+        return y
 
     @staticmethod
     @once_differentiable
