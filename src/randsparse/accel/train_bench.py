@@ -86,7 +86,7 @@ def sparseprop_module() -> Any | None:
     """The ``sparseprop.modules`` package when SparseProp is installed and imports, else None."""
     try:
         return importlib.import_module("sparseprop.modules")
-    except Exception:  # noqa: BLE001 - any failure to import means: no comparator
+    except Exception:
         return None
 
 
