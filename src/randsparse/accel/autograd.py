@@ -266,12 +266,13 @@ class _SparseConvFn(torch.autograd.Function):
             gv = torch.empty(len(pack.slots.index), dtype=gy.dtype)
             kernels.conv2d_sddmm(
                 ctx.gathered,
-                gq[:, :length].numpy(),
+                gq.numpy(),
                 pack.forward_conv.rowptr.numpy(),
                 plan.offsets,
                 gv.numpy(),
                 k_chunk,
                 piece,
+                length,
             )
             gw = pack.slots.scatter(gv, weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:

@@ -300,17 +300,18 @@ def csr_sddmm(rowptr, cols, gyt, xt, gv):  # pragma: no cover - compiled
 
 
 @njit(**_JIT_REDUCE)
-def conv2d_sddmm(xq, gq, rowptr, offsets, gv, k_chunk, tile):  # pragma: no cover - compiled
+def conv2d_sddmm(xq, gq, rowptr, offsets, gv, k_chunk, tile, length):  # pragma: no cover - compiled
     """gv[j] = sum_p gq[k, p] * xf[offsets[j] + p] for every nonzero j of output channel k.
 
     The weight gradient of a direct sparse convolution: `xq` is the input gathered as for
     `conv2d_direct` and `gq` (out_channels, length) the output gradient in the same padded layout
     (zero outside the valid outputs), so each kept weight's gradient is one contiguous dot product.
     Tasks are blocks of `k_chunk` output channels; the positions are walked in `tile`-long pieces
-    so the gathered input of a piece stays in cache across the block's channels.
+    so the gathered input of a piece stays in cache across the block's channels. Only the first
+    `length` positions of each row of `gq` (C-contiguous, so the loops vectorise) are read.
     """
     xf = xq.ravel()
-    n_out, length = gq.shape
+    n_out = gq.shape[0]
     n_chunks = (n_out + k_chunk - 1) // k_chunk
     for chunk in prange(n_chunks):
         k0 = chunk * k_chunk
