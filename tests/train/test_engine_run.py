@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -62,3 +64,25 @@ def test_a_run_resumes_with_the_other_engine(tmp_path, monkeypatch, first: str, 
     for name, value in a["model"].items():
         torch.testing.assert_close(b["model"][name], value, rtol=1e-3, atol=1e-4, msg=name)
     assert abs(summary["test_accuracy"] - straight["test_accuracy"]) <= 0.02
+
+
+@pytest.mark.integration
+def test_two_processes_train_with_the_sparse_engine(tmp_path) -> None:
+    from tests.train._runs import write_config
+    from tests.train.test_distributed import WORKER, _config, _env, _weights
+
+    config = write_config(tmp_path / "config.yaml", _config("engine=sparse", "epochs=1"))
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command = [*launcher, str(WORKER), str(dump), "--config", str(config), "--out", str(tmp_path / "ddp"), "--quiet"]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rank0, rank1 = (torch.load(dump / f"rank{r}-epoch1.pt")["model"] for r in range(2))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    report = json.loads(RunDir(tmp_path / "ddp").engine_file.read_text())
+    assert report["layers"] and all(layer["mode"] == "sparse" for layer in report["layers"])
+    fit(_config("data.batch_size=64", "engine=dense", "epochs=1"), tmp_path / "single")
+    ddp, single = _weights(tmp_path / "ddp"), _weights(tmp_path / "single")
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5)
