@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from randsparse.accel.engine import engaged, engine_report, remove_engine, repack, use_engine
+from randsparse.accel.kept_optim import use_kept_optimizer
 from randsparse.errors import ConfigError
 from randsparse.sparsity import attach, plan_sparsity
 
@@ -42,7 +43,7 @@ def _data(steps: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 5, (16,), generator=gen)) for _ in range(steps)]
 
 
-def _train(net: nn.Module, masks, mode: str, optimizer: str, steps: int) -> nn.Module:
+def _train(net: nn.Module, masks, mode: str, optimizer: str, steps: int, kept: bool = False) -> nn.Module:
     net = copy.deepcopy(net)
     params = net.parameters()
     if optimizer == "sgd":
@@ -53,6 +54,8 @@ def _train(net: nn.Module, masks, mode: str, optimizer: str, steps: int) -> nn.M
         opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
     attach(net, masks, opt)
     use_engine(net, mode)
+    if kept:
+        assert use_kept_optimizer(net, opt) is not None
     for x, y in _data(steps):
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(net(x), y).backward()
@@ -64,12 +67,13 @@ def _train(net: nn.Module, masks, mode: str, optimizer: str, steps: int) -> nn.M
 def test_sparse_engine_trains_the_masked_dense_trajectory(optimizer: str) -> None:
     net, masks = _masked_net()
     dense = _train(net, masks, "dense", optimizer, 50)
-    sparse = _train(net, masks, "sparse", optimizer, 50)
-    assert len(list(engaged(sparse))) == 4
-    for (name, a), b in zip(dense.state_dict().items(), sparse.state_dict().values(), strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
-    for name, mask in masks.items():  # pruned weights: exactly zero
-        assert bool((sparse.get_parameter(name)[~mask] == 0).all())
+    for kept in (False, True):  # the optimizer over dense weights, or over kept values only
+        sparse = _train(net, masks, "sparse", optimizer, 50, kept)
+        assert len(list(engaged(sparse))) == 4
+        for (name, a), b in zip(dense.state_dict().items(), sparse.state_dict().values(), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+        for name, mask in masks.items():  # pruned weights: exactly zero
+            assert bool((sparse.get_parameter(name)[~mask] == 0).all())
 
 
 def test_auto_measures_each_training_shape_once_and_records_it() -> None:
@@ -152,3 +156,37 @@ def test_the_engine_leaves_the_model_a_plain_masked_model() -> None:
     assert not list(engaged(net))
     with pytest.raises(ConfigError, match="unknown engine"):
         use_engine(net, "fast")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_kept_optimizer_saves_and_loads_dense_shaped_state(optimizer: str) -> None:
+    net, masks = _masked_net()
+    make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), "adamw": lambda p: torch.optim.AdamW(p)}
+    plain = copy.deepcopy(net)
+    plain_opt = make[optimizer](plain.parameters())
+    attach(plain, masks, plain_opt)
+    kept_net = copy.deepcopy(net)
+    kept_opt = make[optimizer](kept_net.parameters())
+    attach(kept_net, masks, kept_opt)
+    handle = use_kept_optimizer(kept_net, kept_opt)
+    assert handle is not None and len(handle.entries) == 4
+    for x, y in _data(3):
+        for model, opt in ((plain, plain_opt), (kept_net, kept_opt)):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    dense_state, kept_state = plain_opt.state_dict(), kept_opt.state_dict()
+    assert dense_state["param_groups"] == kept_state["param_groups"]
+    for position, state in dense_state["state"].items():
+        for key, value in state.items():
+            torch.testing.assert_close(kept_state["state"][position][key], value, rtol=1e-5, atol=1e-6)
+    # a dense-shaped state loads back into the kept optimizer, and steps go on alike
+    kept_opt.load_state_dict(copy.deepcopy(dense_state))  # state_dict() holds live tensors
+    kept_net.load_state_dict(plain.state_dict())
+    for model, opt in ((plain, plain_opt), (kept_net, kept_opt)):
+        x, y = _data(1, seed=7)[0]
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    for (name, a), b in zip(plain.state_dict().items(), kept_net.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
