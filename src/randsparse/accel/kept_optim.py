@@ -92,14 +92,14 @@ class KeptOptimizer:
                 if not entry.current():
                     entry.reindex(optimizer.state.get(entry.values, {}))
                 else:
-                    entry.values.data.copy_(entry.weight.detach().reshape(-1)[entry.index])
+                    torch.index_select(entry.weight.detach().reshape(-1), 0, entry.index, out=entry.values.data)
                 grad = entry.weight.grad
-                entry.values.grad = None if grad is None else grad.reshape(-1)[entry.index]
+                entry.values.grad = None if grad is None else torch.index_select(grad.reshape(-1), 0, entry.index)
 
     def _after(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
             for entry in self.entries.values():
-                entry.weight.view(-1)[entry.index] = entry.values.detach()
+                entry.weight.view(-1).index_copy_(0, entry.index, entry.values.detach())
                 entry.weight.grad = None
                 entry.values.grad = None
 
