@@ -133,18 +133,29 @@ class KeptOptimizer:
                     group["params"][i] = entry.weight
 
 
-def use_kept_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> KeptOptimizer | None:
+# Above this density the gathers and write-backs cost about what they save (engine ``auto`` keeps
+# such weights dense in the optimizer; ``sparse`` takes them all).
+AUTO_MAX_DENSITY = 0.25
+
+
+def use_kept_optimizer(
+    model: nn.Module, optimizer: torch.optim.Optimizer, max_density: float = 1.0
+) -> KeptOptimizer | None:
     """Make `optimizer` update only the kept entries of `model`'s masked weights; None when it does not qualify.
 
     Qualifies: exactly `torch.optim.SGD`, `Adam` or `AdamW` (elementwise updates), CPU weights,
-    masks attached (`randsparse.sparsity.attach`). Call after `attach`; existing state is converted.
+    masks attached (`randsparse.sparsity.attach`), density at most `max_density`. Call after
+    `attach`; existing state is converted.
     """
     if type(optimizer) not in _ELEMENTWISE:
         return None
     owners: dict[int, tuple[nn.Module, str]] = {}
     for module in model.modules():
         for attr, param in module._parameters.items():
-            if param is not None and (attr + BUFFER_SUFFIX) in module._buffers and param.device.type == "cpu":
+            mask = module._buffers.get(attr + BUFFER_SUFFIX)
+            if param is None or mask is None or param.device.type != "cpu":
+                continue
+            if float(mask.sum()) <= max_density * mask.numel():
                 owners[id(param)] = (module, attr)
     entries: dict[int, _Kept] = {}
     position = 0

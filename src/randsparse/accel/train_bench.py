@@ -25,7 +25,7 @@ from torch import nn
 from randsparse.accel.autograd import ConvPack, LinearPack, sparse_conv2d, sparse_linear
 from randsparse.accel.bench import time_interleaved
 from randsparse.accel.engine import engine_report, use_engine
-from randsparse.accel.kept_optim import use_kept_optimizer
+from randsparse.accel.kept_optim import AUTO_MAX_DENSITY, use_kept_optimizer
 from randsparse.evaluate.complexity import count_flops
 from randsparse.models import ModelSpec
 from randsparse.sparsity import attach, plan_sparsity
@@ -216,7 +216,7 @@ def bench_step(
             attach(model, masks, opt)
             use_engine(model, "dense" if variant == "masked" else variant)
             if variant != "masked":  # as `fit` does for engine sparse/auto
-                use_kept_optimizer(model, opt)
+                use_kept_optimizer(model, opt, 1.0 if variant == "sparse" else AUTO_MAX_DENSITY)
         models[variant] = model
         steps[variant] = _step(model, opt, x, y)
     times = time_interleaved(steps, repeats, warmup)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from randsparse.accel.engine import engine_report, use_engine
-from randsparse.accel.kept_optim import use_kept_optimizer
+from randsparse.accel.kept_optim import AUTO_MAX_DENSITY, use_kept_optimizer
 from randsparse.data import EpochBatchSampler, EpochSampler, dataset_info
 from randsparse.data import build as build_dataset
 from randsparse.errors import ConfigError, RandsparseError
@@ -78,7 +78,8 @@ def _prepare(
         attach(model, masks, optimizer)
         use_engine(model, config.engine)  # after attach: the engine engages the masked layers
         if config.engine != "dense" and device.type == "cpu":
-            use_kept_optimizer(model, optimizer)  # O(kept) steps; checkpoints keep dense-shaped state
+            # O(kept) optimizer steps; checkpoints keep dense-shaped state
+            use_kept_optimizer(model, optimizer, 1.0 if config.engine == "sparse" else AUTO_MAX_DENSITY)
     dist.check_masks(masks_from_model(model))  # what each rank enforces, not what it was sent
     scheduler = build_scheduler(optimizer, config.schedule, steps, config.epochs, config.optim.lr)
     scaler = precision.build_scaler(config, device, amp_dtype)
