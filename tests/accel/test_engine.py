@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from randsparse.accel.engine import engaged, engine_report, remove_engine, repack, use_engine
+from randsparse.accel.engine import dense_gradients, engaged, engine_report, remove_engine, repack, use_engine
 from randsparse.accel.kept_optim import use_kept_optimizer
 from randsparse.errors import ConfigError
 from randsparse.sparsity import attach, plan_sparsity
@@ -190,3 +190,14 @@ def test_the_kept_optimizer_saves_and_loads_dense_shaped_state(optimizer: str) -
         opt.step()
     for (name, a), b in zip(plain.state_dict().items(), kept_net.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_dense_gradients_runs_the_masked_dense_layers_inside_the_block() -> None:
+    net, masks = _masked_net()
+    attach(net, masks)
+    use_engine(net, "sparse")
+    x = torch.randn(2, 128)
+    assert "SparseLinear" in type(net.fc1(x).grad_fn).__name__
+    with dense_gradients(net):
+        assert "SparseLinear" not in type(net.fc1(x).grad_fn).__name__  # autograd of the dense op
+    assert all(state.mode == "sparse" for _, _, state in engaged(net))

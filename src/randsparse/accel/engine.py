@@ -20,6 +20,8 @@ on resume.
 tensor's version counter) at its next forward and re-packs its kept entries, dropping its ``auto``
 measurements. `repack(model)` does it at once for every layer (the entry point a dynamic sparse
 training method calls after changing masks; calling it is optional but makes the cost explicit).
+The sparse path computes the gradient of kept weights only: a step that needs the dense gradient
+of pruned weights (RigL's growth) runs inside `dense_gradients(model)`.
 
 **Where the sparse path cannot run** (CUDA or other devices, dtypes other than float32, autocast,
 convolutions with non-zero padding modes or string padding), the layer runs dense and says so once
@@ -28,6 +30,7 @@ in the log; `engine_report` lists every layer with its decisions, measured times
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -277,6 +280,20 @@ def repack(model: nn.Module) -> int:
         state.repack(module)
         count += 1
     return count
+
+
+@contextlib.contextmanager
+def dense_gradients(model: nn.Module) -> Iterator[None]:
+    """Run every engaged layer of `model` masked dense inside the block (e.g. the step where RigL
+    reads the dense gradient of pruned weights, which the sparse path never computes)."""
+    states = [(state, state.mode) for _, _, state in engaged(model)]
+    for state, _ in states:
+        state.mode = "dense"
+    try:
+        yield
+    finally:
+        for state, mode in states:
+            state.mode = mode
 
 
 def engine_report(model: nn.Module) -> dict[str, Any]:
