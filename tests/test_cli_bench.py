@@ -51,3 +51,17 @@ def test_bench_mistakes_end_in_one_line_with_exit_code_2(capsys, argv: list[str]
 def test_bench_unknown_model_is_one_line(capsys) -> None:
     code, _, err = run(["bench", "--model", "nope", "--sparsity", "0.5"], capsys)
     assert code == 2 and err.count("\n") == 1 and "nope" in err
+
+
+def test_bench_train_times_whole_steps_of_every_engine(capsys) -> None:
+    argv = ["bench", *TINY, "--train", "--sparsity", "0.9", "--batch", "4", "--format", "json"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert (row["sparsity"], row["batch"]) == (0.9, 4)
+    for key in ("dense_ms", "masked_ms", "sparse_ms", "auto_ms"):
+        assert row[key] > 0
+    assert row["ideal"] > 1 and row["layers"] == 3
+    code, out, err = run(["bench", *TINY, "--train", "--sparsity", "0.9", "--batch", "4"], capsys)
+    assert code == 0, err
+    assert "training step" in out and "auto×" in out

@@ -92,7 +92,14 @@ def test_the_canonical_form_holds_only_what_is_not_default() -> None:
 
 
 def test_execution_only_options_are_not_identity() -> None:
-    execution = ["device=cpu", "checkpoint_every_steps=5", "tensorboard=true", "eval=false", "data.workers=2"]
+    execution = [
+        "device=cpu",
+        "engine=sparse",
+        "checkpoint_every_steps=5",
+        "tensorboard=true",
+        "eval=false",
+        "data.workers=2",
+    ]
     execution += ["data.root=/x", "data.download=true", "data.eval_batch_size=64", "distributed.timeout_s=5"]
     assert config_hash(_config(*execution)) == config_hash(_config())
 

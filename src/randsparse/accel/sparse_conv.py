@@ -33,6 +33,7 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
 class _ConvPlan:
     """Everything the direct convolution needs for one input shape (cached per shape)."""
 
+    n_img: int
     out_h: int
     out_w: int
     hq: int
@@ -166,26 +167,31 @@ class SparseConv2d(SparseModule):
         k_chunk = self.out_channels
         if len(tiles) < n_tasks_wanted:
             k_chunk = max(1, math.ceil(self.out_channels * len(tiles) / n_tasks_wanted))
-        plan = _ConvPlan(out_h, out_w, hq, wq, chan_len, offsets.astype(np.int64), tiles, k_chunk)
+        plan = _ConvPlan(n_img, out_h, out_w, hq, wq, chan_len, offsets.astype(np.int64), tiles, k_chunk)
         self._shape_cache[key] = plan
         return plan
 
-    def _sparse(self, x: torch.Tensor) -> torch.Tensor:
+    def gather(self, x: torch.Tensor) -> tuple[np.ndarray, _ConvPlan]:
+        """`x` (N, C, H, W) as the direct convolution reads it (`kernels.conv2d_gather_input`), and the plan."""
         kernels.sync_threads()
         n_img, channels, height, width = x.shape
         plan = self._plan(n_img, height, width)
         sh, sw = self.stride
-        gathered = np.empty((sh * sw * channels, plan.chan_len), dtype=np.float32)
+        gathered = np.empty((sh * sw * channels, plan.chan_len), dtype=kernels_dtype(x))
         kernels.conv2d_gather_input(
-            x.contiguous().numpy(), gathered, sh, sw, self.padding[0], self.padding[1], plan.hq, plan.wq
+            x.detach().contiguous().numpy(), gathered, sh, sw, self.padding[0], self.padding[1], plan.hq, plan.wq
         )
-        out = torch.empty(n_img, self.out_channels, plan.out_h, plan.out_w, dtype=torch.float32)
+        return gathered, plan
+
+    def direct(self, gathered: np.ndarray, plan: _ConvPlan, values: np.ndarray, bias: np.ndarray) -> torch.Tensor:
+        """The convolution of a gathered input with padded `values` (laid out as `self.values`) plus `bias`."""
+        out = torch.empty(plan.n_img, self.out_channels, plan.out_h, plan.out_w, dtype=torch.from_numpy(values).dtype)
         kernels.conv2d_direct(
             gathered,
             self.rowptr.numpy(),
             plan.offsets,
-            self.values.numpy(),
-            self._bias_array(),
+            values,
+            bias,
             out.numpy(),
             plan.tiles,
             plan.k_chunk,
@@ -193,6 +199,10 @@ class SparseConv2d(SparseModule):
             plan.hq * plan.wq,
         )
         return out
+
+    def _sparse(self, x: torch.Tensor) -> torch.Tensor:
+        gathered, plan = self.gather(x)
+        return self.direct(gathered, plan, self.values.numpy(), self._bias_array())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:  # unbatched input, as nn.Conv2d accepts
@@ -202,6 +212,11 @@ class SparseConv2d(SparseModule):
         if not self._sparse_ok(x):
             return self._dense(x)
         return self._dispatch((x.shape[0], x.shape[2], x.shape[3]), x)
+
+
+def kernels_dtype(x: torch.Tensor) -> type:
+    """The NumPy dtype the kernels compute `x` in (float64 for float64 inputs, else float32)."""
+    return np.float64 if x.dtype == torch.float64 else np.float32
 
 
 def _tiles(n_img: int, out_h: int, wq: int, plane: int, input_rows: int) -> np.ndarray:

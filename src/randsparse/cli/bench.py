@@ -98,6 +98,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=torch.get_num_threads(),
         help="threads to pin (default: torch's count)",
     )
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="time whole training steps instead (dense, masked, engine sparse, engine auto; SGD, ideal ratio)",
+    )
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     parser.set_defaults(handler=_run_bench)
 
@@ -109,6 +114,8 @@ def _run_bench(args: argparse.Namespace, console: Console) -> int:
     spec = bench_spec(args.model, args.width, args.num_classes, args.in_channels, args.image_size, **options)
     if args.input_shape is not None and len(args.input_shape) < 1:
         raise ConfigError("--input-shape needs at least one dimension, e.g. 3,32,32")
+    if args.train:
+        return _run_train_bench(args, spec, console)
     rows = bench_model(
         spec,
         args.sparsity,
@@ -190,3 +197,42 @@ def _shapes_table(rows: list[BenchRow]) -> Table:
             f"{item.chosen_sparse}/{item.layers}",
         )
     return table
+
+
+def _run_train_bench(args: argparse.Namespace, spec: dict[str, Any], console: Console) -> int:
+    from randsparse.accel.bench import build_seeded, default_input_shape
+    from randsparse.accel.train_bench import bench_step
+    from randsparse.models import ModelSpec
+
+    torch.set_num_threads(args.threads)
+    model_spec = ModelSpec.from_dict(spec)
+    shape = tuple(args.input_shape) if args.input_shape else default_input_shape(build_seeded(spec, args.seed), spec)
+    rows = [
+        bench_step(model_spec, shape, sparsity, args.distribution, batch, args.repeats, args.warmup, args.seed)
+        for sparsity in args.sparsity
+        for batch in args.batch
+    ]
+    if args.format == "json":
+        print(json.dumps([row.to_dict() for row in rows], indent=2))
+        return 0
+    table = Table(
+        title=f"{args.model}: training step (forward, backward, SGD step), median ms; {args.threads} threads",
+        title_justify="left",
+    )
+    for name in ("sparsity", "batch", "dense", "masked", "sparse", "auto", "sparse×", "auto×", "ideal×", "auto sparse"):
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(
+            f"{row.sparsity:g}",
+            str(row.batch),
+            f"{row.dense_ms:.1f}",
+            f"{row.masked_ms:.1f}",
+            f"{row.sparse_ms:.1f}",
+            f"{row.auto_ms:.1f}",
+            f"{row.ratio('sparse'):.2f}×",
+            f"{row.ratio('auto'):.2f}×",
+            f"{row.ideal:.1f}×",
+            f"{row.auto_sparse_layers}/{row.layers}",
+        )
+    console.print(table)
+    return 0

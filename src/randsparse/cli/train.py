@@ -47,6 +47,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--download", action="store_true", help="let torchvision download missing datasets (sets data.download)"
     )
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "dense", "sparse"),
+        help="how masked layers train on the CPU (sets engine): dense, sparse (O(kept) kernels), auto (per layer)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
     parser.add_argument("--format", choices=("text", "json"), default="text", help="how to print the summary")
     parser.add_argument(
@@ -77,6 +82,8 @@ def _resolve(args: argparse.Namespace, world_size: int) -> tuple[TrainConfig, Pa
         overrides.append(f"data.root={args.data_dir}")
     if args.download:
         overrides.append("data.download=true")
+    if args.engine is not None:
+        overrides.append(f"engine={args.engine}")
     if args.resume is not None:
         run = RunDir(args.resume)
         if args.out is not None and Path(args.out) != Path(args.resume):
@@ -112,6 +119,8 @@ def torchrun_command(nproc: int, args: argparse.Namespace) -> list[str]:
         forwarded += ["--data-dir", args.data_dir]
     if args.download:
         forwarded.append("--download")
+    if args.engine is not None:
+        forwarded += ["--engine", args.engine]
     if args.quiet:
         forwarded.append("--quiet")
     forwarded += ["--format", args.format, *args.overrides]

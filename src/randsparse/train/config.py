@@ -60,6 +60,11 @@ class TrainConfig(_Section):
         default=0, ge=0, le=INT64_MAX, description="seeds model init, data order and augmentation (an int64)"
     )
     device: str = Field(default="auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
+    engine: Literal["auto", "dense", "sparse"] = Field(
+        default="dense",
+        description="how masked layers train on the CPU: dense (masked dense ops), sparse (work in proportion"
+        " to the kept weights), auto (per layer, whichever measures faster)",
+    )
     amp: bool = Field(default=False, description="mixed precision (bfloat16/float16 autocast) on CUDA")
     amp_dtype: Literal["auto", "bf16", "fp16"] = Field(
         default="auto", description="autocast dtype of amp; auto: bf16 where the GPU has it, else fp16"
@@ -134,6 +139,18 @@ class TrainConfig(_Section):
             raise ValueError(f"amp_dtype={self.amp_dtype} needs amp=true")
         if self.loss_scale != "dynamic" and self.amp_dtype != "fp16":
             raise ValueError("a static loss_scale needs amp=true amp_dtype=fp16 (bf16 needs no loss scaling)")
+        return self
+
+    @model_validator(mode="after")
+    def _engine_follows_fixed_masks(self) -> TrainConfig:
+        """The sparse engine packs the kept weights once: it does not yet follow masks that move."""
+        from randsparse.sparsity.methods import get_method
+
+        if self.engine != "dense" and get_method(self.sparsity.method).dynamic:
+            raise ValueError(
+                f"engine={self.engine} does not yet follow masks that move (sparsity.method"
+                f" {self.sparsity.method}); use engine=dense"
+            )
         return self
 
     @model_validator(mode="after")

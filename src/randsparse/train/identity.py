@@ -32,6 +32,7 @@ IDENTITY_VERSION = 1
 # A new execution-only option (say, the engine that runs the steps) is declared here.
 EXECUTION_ONLY: dict[str, Any] = {
     "device": True,
+    "engine": True,  # sparse or masked dense kernels compute the same model (float32 rounding aside)
     "checkpoint_every_steps": True,
     "tensorboard": True,
     "logging": True,  # experiment tracking (MLflow): where a run reports, not what it computes

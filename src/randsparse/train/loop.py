@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from randsparse.accel.engine import engine_report, use_engine
+from randsparse.accel.kept_optim import AUTO_MAX_DENSITY, use_kept_optimizer
 from randsparse.data import EpochBatchSampler, EpochSampler, dataset_info
 from randsparse.data import build as build_dataset
 from randsparse.errors import ConfigError, RandsparseError
@@ -88,6 +90,10 @@ def _prepare(
     sparse = start_sparse_training(config, model, plan, optimizer, steps * config.epochs, dist, input_shape)
     if sparse.handle is not None and sparse.method.dynamic:
         masks = sparse.handle.masks
+    if sparse.handle is not None and config.engine != "dense":
+        use_engine(model, config.engine)  # after attach: the engine engages the masked layers
+        if device.type == "cpu":  # O(kept) optimizer steps; checkpoints keep dense-shaped state
+            use_kept_optimizer(model, optimizer, 1.0 if config.engine == "sparse" else AUTO_MAX_DENSITY)
     dist.check_masks(masks_from_model(model))  # what each rank enforces, not what it was sent
     scheduler = build_scheduler(optimizer, config.schedule, steps, config.epochs, config.optim.lr)
     scaler = precision.build_scaler(config, device, amp_dtype)
@@ -419,6 +425,8 @@ def _finish_epoch(run: Run, epoch: int, row: dict[str, Any], val_loader: DataLoa
     run.save(run.run_dir.last_checkpoint)
     run.files.write_metrics(progress.history)
     run.files.update_summary(epochs=progress.epoch, best_val_accuracy=progress.best_val_accuracy)
+    if run.config.engine != "dense" and run.dist.is_main:
+        run.run_dir.write_engine(engine_report(run.model))
     if run.tracker is not None:
         run.tracker.log_epoch(epoch + 1, record)
     if not run.dist.is_main:

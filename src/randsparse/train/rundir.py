@@ -5,6 +5,7 @@ Layout::
     RUN_DIR/config.yaml            fully resolved config
     RUN_DIR/metrics.jsonl          one JSON line per finished epoch
     RUN_DIR/summary.json           status and final numbers (updated as the run goes)
+    RUN_DIR/engine.json            engine auto/sparse: per-layer decisions and measured times
     RUN_DIR/checkpoints/last.pt    latest state (every epoch, and every N steps if asked)
     RUN_DIR/checkpoints/best.pt    state of the epoch with the best validation accuracy
 """
@@ -22,7 +23,7 @@ from randsparse.errors import ConfigError, FileFormatError
 from randsparse.storage import atomic_write_bytes, read_mapping
 from randsparse.train.config import TrainConfig, build_config, dump_config, read_yaml
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")  # plus everything under checkpoints/
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "engine.json")  # plus everything under checkpoints/
 
 
 def owning_run(path: str | Path) -> Path | None:
@@ -95,6 +96,7 @@ class RunDir:
             self.config_file,
             self.metrics_file,
             self.summary_file,
+            self.engine_file,
             self.last_checkpoint,
             self.best_checkpoint,
         ):
@@ -136,6 +138,15 @@ class RunDir:
         if not self.summary_file.exists():
             return {}
         return read_mapping(self.summary_file, "run summary")
+
+    @property
+    def engine_file(self) -> Path:
+        """The training engine's per-layer decisions (`randsparse.accel.engine.engine_report`)."""
+        return self.path / "engine.json"
+
+    def write_engine(self, report: dict[str, Any]) -> None:
+        """Write ``engine.json`` atomically."""
+        atomic_write_bytes(self.engine_file, (json.dumps(_json_safe(report), indent=2) + "\n").encode())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` atomically."""

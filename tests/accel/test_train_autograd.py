@@ -1,0 +1,144 @@
+"""Sparse training layers: forward and gradients equal autograd of the masked dense layer, pruned grads exactly zero."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from randsparse.accel.autograd import ConvPack, LinearPack, sparse_conv2d, sparse_linear
+
+
+def _masked(
+    shape: tuple[int, ...], density: float, seed: int, dtype=torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(shape, generator=gen) < density
+    weight = torch.randn(shape, generator=gen, dtype=dtype) * mask
+    return weight, mask
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gradcheck(bias: bool) -> None:
+    weight, mask = _masked((6, 9), 0.4, 0)
+    pack = LinearPack(mask)
+    x = torch.randn(5, 9, dtype=torch.float64, requires_grad=True)
+    w = weight.clone().requires_grad_()
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True) if bias else None
+
+    # gradcheck perturbs pruned entries too; the layer treats them as zero, so check on the masked weight.
+    def fn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return sparse_linear(x, w * mask, b, pack)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize(("stride", "padding", "dilation", "groups"), [(1, 1, 1, 1), (2, 1, 1, 2), (1, 2, 2, 1)])
+def test_conv_gradcheck(stride: int, padding: int, dilation: int, groups: int) -> None:
+    layer = nn.Conv2d(4, 4, 3, stride=stride, padding=padding, dilation=dilation, groups=groups).double()
+    weight, mask = _masked(tuple(layer.weight.shape), 0.5, 1)
+    pack = ConvPack(layer, mask)
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+    w = weight.clone().requires_grad_()
+    b = layer.bias.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w, b: sparse_conv2d(x, w * mask, b, pack), (x, w, b))
+
+
+def _compare(sparse_out, dense_out, inputs_sparse, inputs_dense, mask) -> None:
+    grad = torch.randn_like(dense_out)
+    sparse_out.backward(grad)
+    dense_out.backward(grad)
+    torch.testing.assert_close(sparse_out, dense_out)
+    x_s, w_s, b_s = inputs_sparse
+    x_d, w_d, b_d = inputs_dense
+    torch.testing.assert_close(x_s.grad, x_d.grad)
+    torch.testing.assert_close(w_s.grad, w_d.grad * mask)
+    assert bool((w_s.grad[~mask] == 0).all())  # pruned entries: exactly zero, by construction
+    if b_s is not None:
+        torch.testing.assert_close(b_s.grad, b_d.grad)
+
+
+def _leaves(*tensors):
+    return tuple(None if t is None else t.detach().clone().requires_grad_() for t in tensors)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=st.tuples(st.integers(0, 4), st.integers(0, 4)),
+    dilation=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    groups=st.sampled_from([1, 2, 3]),
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    density=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+    bias=st.booleans(),
+    seed=st.integers(0, 10),
+)
+def test_conv_matches_masked_dense(stride, padding, dilation, groups, kernel, density, bias, seed) -> None:
+    height = dilation[0] * (kernel[0] - 1) + 1 + seed % 5  # at least one output row
+    width = dilation[1] * (kernel[1] - 1) + 1 + seed % 3
+    layer = nn.Conv2d(
+        2 * groups, 3 * groups, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias
+    ).double()
+    weight, mask = _masked(tuple(layer.weight.shape), density, seed)
+    pack = ConvPack(layer, mask)
+    x = torch.randn(2, 2 * groups, height, width, dtype=torch.float64)
+    b = layer.bias
+    sparse_in = _leaves(x, weight, b)
+    dense_in = _leaves(x, weight, b)
+    _compare(
+        sparse_conv2d(*sparse_in, pack),
+        F.conv2d(*dense_in, stride, padding, dilation, groups),
+        sparse_in,
+        dense_in,
+        mask,
+    )
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    batch=st.integers(1, 6),
+    density=st.sampled_from([0.0, 0.2, 0.7, 1.0]),
+    seed=st.integers(0, 10),
+)
+def test_linear_matches_masked_dense(shape, batch, density, seed) -> None:
+    weight, mask = _masked(shape, density, seed)
+    pack = LinearPack(mask)
+    x = torch.randn(batch, shape[1], dtype=torch.float64)
+    b = torch.randn(shape[0], dtype=torch.float64)
+    sparse_in = _leaves(x, weight, b)
+    dense_in = _leaves(x, weight, b)
+    _compare(sparse_linear(*sparse_in, pack), F.linear(*dense_in), sparse_in, dense_in, mask)
+
+
+def test_float32_and_batched_linear_inputs() -> None:
+    weight, mask = _masked((5, 4), 0.5, 3, torch.float32)
+    pack = LinearPack(mask)
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(sparse_linear(x, weight, None, pack), F.linear(x, weight))
+    layer = nn.Conv2d(4, 5, 3, padding=1)
+    conv_weight, conv_mask = _masked(tuple(layer.weight.shape), 0.3, 4, torch.float32)
+    x = torch.randn(3, 4, 8, 8)
+    torch.testing.assert_close(
+        sparse_conv2d(x, conv_weight, layer.bias, ConvPack(layer, conv_mask)),
+        F.conv2d(x, conv_weight, layer.bias, padding=1),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_an_in_place_op_may_follow_the_sparse_linear() -> None:
+    weight, mask = _masked((6, 5), 0.5, 5)
+    pack = LinearPack(mask)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    sparse_in, dense_in = _leaves(x, weight, None), _leaves(x, weight, None)
+    _compare(
+        F.relu(sparse_linear(sparse_in[0], sparse_in[1], None, pack), inplace=True),
+        F.relu(F.linear(dense_in[0], dense_in[1]), inplace=True),
+        sparse_in,
+        dense_in,
+        mask,
+    )
