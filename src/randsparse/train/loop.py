@@ -52,8 +52,8 @@ from randsparse.train.setup import (
     check_model_input,
     configure_determinism,
     draw_masks,
-    needs_scores,
-    score_dataset,
+    draw_masks_on_main,
+    train_batches,
 )
 from randsparse.train.signals import Interrupted, StopRequest, stop_on_signals
 from randsparse.train.state import Run, RunFiles, RunHooks, restore, starting_state
@@ -245,42 +245,6 @@ def check_before_launch(config: TrainConfig, out_dir: str | Path, *, resume: boo
         draw_masks(config.sparsity, model, config.mask_seed)  # a saved draw: read and checked only
 
 
-def _draw_masks_on_main(
-    config: TrainConfig, model: nn.Module, input_shape: tuple[int, ...], dist: Distributed
-) -> MaskSet | None:
-    """The run's masks, drawn (or scored) once on rank 0 and sent, bit-packed, to every rank."""
-
-    def draw() -> dict[str, Any] | None:
-        score_data = None
-        if needs_scores(config.sparsity):  # saliency scores are taken on un-augmented training images
-            score_data = score_dataset(config.data)
-        masks = draw_masks(config.sparsity, model, config.mask_seed, score_data, input_shape)
-        return masks.state_dict() if masks is not None else None
-
-    packed = dist.from_main(draw, "drawing the masks")
-    return MaskSet.from_state_dict(packed) if packed is not None else None
-
-
-def _train_batches(config: TrainConfig, size: int, dist: Distributed) -> EpochBatchSampler:
-    """This process's batch sampler; several processes take full global batches only.
-
-    With `optim.accumulate_steps` k, each batch holds k micro-batches (`accumulation.micro_batches`).
-    """
-    batch = config.data.batch_size * config.optim.accumulate_steps
-    if dist.active:
-        if size < config.global_batch_size:
-            raise ConfigError(
-                f"the training set ({size} examples) is smaller than one global batch ({dist.world_size} processes"
-                f" x data.batch_size {config.data.batch_size} x optim.accumulate_steps"
-                f" {config.optim.accumulate_steps}); use fewer processes or a smaller data.batch_size"
-            )
-        drop_last = True
-    else:
-        drop_last = size >= 2 * batch  # full batches (BatchNorm), unless the set is tiny
-    order = EpochSampler(size, config.seed)
-    return EpochBatchSampler(order, batch, drop_last=drop_last, rank=dist.rank, world_size=dist.world_size)
-
-
 def _fit(
     config: TrainConfig,
     run_dir: RunDir,
@@ -306,9 +270,9 @@ def _fit(
         check_model_input(model, input_shape, config.model.name)
         check_eval_data(config, data.info)
         hooks = hooks or RunHooks()
-        draw = hooks.masks or (lambda m: _draw_masks_on_main(config, m, input_shape, dist))
+        draw = hooks.masks or (lambda m: draw_masks_on_main(config, m, input_shape, dist))
         masks = draw(model)
-        batches = _train_batches(config, len(data.train), dist)
+        batches = train_batches(config, len(data.train), dist)
         run = _prepare(config, run_dir, model, masks, batches.steps_per_epoch, dist, input_shape)
         run.after_step = hooks.after_step
         if dist.rank > 0:  # rank 0 continues the single-process stream; the others get their own (dropout)

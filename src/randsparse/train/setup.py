@@ -1,4 +1,4 @@
-"""From a `TrainConfig` to the objects a run trains: device, datasets, model, masks.
+"""From a `TrainConfig` to the objects a run trains: device, datasets, model, masks, batch order.
 
 Each step is a plain function, so a notebook, the evaluation and the export build exactly what
 training built.
@@ -9,19 +9,24 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from randsparse import data as datasets
+from randsparse.data import EpochBatchSampler, EpochSampler
 from randsparse.errors import ConfigError, first_line
 from randsparse.evaluate.complexity import count_flops
 from randsparse.models import ModelSpec
 from randsparse.sparsity import MaskSet, PrunableSelector, load_custom_densities, plan_sparsity
 from randsparse.sparsity.saliency import ratio_method
-from randsparse.train.config import DataConfig, ModelConfig, SparsityConfig
+from randsparse.train.config import DataConfig, ModelConfig, SparsityConfig, TrainConfig
 from randsparse.train.saved_masks import masks_of_file, masks_of_run
+
+if TYPE_CHECKING:
+    from randsparse.train.distributed import Distributed
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +162,39 @@ def draw_masks(
 def needs_scores(config: SparsityConfig) -> bool:
     """True when a `SparsityConfig`'s masks come from saliency scores (and so may need data)."""
     return config.sparsity > 0 and ratio_method(config.distribution) is not None
+
+
+def draw_masks_on_main(
+    config: TrainConfig, model: nn.Module, input_shape: tuple[int, ...], dist: Distributed
+) -> MaskSet | None:
+    """The run's masks, drawn (or scored) once on rank 0 and sent, bit-packed, to every rank."""
+
+    def draw() -> dict[str, Any] | None:
+        score_data = None
+        if needs_scores(config.sparsity):  # saliency scores are taken on un-augmented training images
+            score_data = score_dataset(config.data)
+        masks = draw_masks(config.sparsity, model, config.mask_seed, score_data, input_shape)
+        return masks.state_dict() if masks is not None else None
+
+    packed = dist.from_main(draw, "drawing the masks")
+    return MaskSet.from_state_dict(packed) if packed is not None else None
+
+
+def train_batches(config: TrainConfig, size: int, dist: Distributed) -> EpochBatchSampler:
+    """This process's batch sampler; several processes take full global batches only.
+
+    With `optim.accumulate_steps` k, each batch holds k micro-batches (`accumulation.micro_batches`).
+    """
+    batch = config.data.batch_size * config.optim.accumulate_steps
+    if dist.active:
+        if size < config.global_batch_size:
+            raise ConfigError(
+                f"the training set ({size} examples) is smaller than one global batch ({dist.world_size} processes"
+                f" x data.batch_size {config.data.batch_size} x optim.accumulate_steps"
+                f" {config.optim.accumulate_steps}); use fewer processes or a smaller data.batch_size"
+            )
+        drop_last = True
+    else:
+        drop_last = size >= 2 * batch  # full batches (BatchNorm), unless the set is tiny
+    order = EpochSampler(size, config.seed)
+    return EpochBatchSampler(order, batch, drop_last=drop_last, rank=dist.rank, world_size=dist.world_size)
