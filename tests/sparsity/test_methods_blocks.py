@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from randsparse.sparsity.layers import prunable_shapes, weight_geometry
-from randsparse.sparsity.methods import GMP, SET, RigL
+from randsparse.sparsity.methods import GMP, SET, LotteryTicket, RigL
+from randsparse.sparsity.methods.lth import layerwise_magnitude_masks
 from randsparse.sparsity.methods.topology import block_counts, drop_and_grow, split_blocks
 
 E = 4
@@ -102,3 +103,14 @@ def test_gmp_initial_sparsity_prunes_each_block() -> None:
     gmp = GMP(total_steps=10, update_every=1, end_fraction=0.5, initial_sparsity=0.25)
     gmp.blocks = _blocks(model, masks)
     assert block_counts(gmp.start(masks, weights)[NAME], 3) == [12, 12, 12]
+
+
+def test_lth_layerwise_pruning_keeps_each_projection_density() -> None:
+    model, masks, weights, _ = _setup()
+    lth = LotteryTicket(10, scope="layerwise")
+    lth.blocks = _blocks(model, masks)
+    new = lth.next_masks(weights, masks, 0.75, {NAME: 0.25})
+    assert block_counts(new[NAME], 3) == [4, 4, 4]  # not q's 0 of a per-layer magnitude cut
+    assert bool((new[NAME] <= masks[NAME]).all())  # pruning never revives a weight
+    per_layer = layerwise_magnitude_masks(weights, masks, {NAME: 0.25})  # one block: the layer's count
+    assert block_counts(per_layer[NAME], 3) == [0, 4, 8]
