@@ -113,12 +113,21 @@ def prunable_shapes(model: nn.Module, selector: PrunableSelector | None = None) 
     """
     shapes: dict[str, Shape] = {}
     for name, p in prunable_parameters(model, selector).items():
-        module, attr = owning_module(model, name)
-        geometry = layer_geometry(module, p, attr)
-        if name.endswith("qkv.weight") and isinstance(module, nn.Linear) and geometry.out == 3 * geometry.in_:
-            geometry = LayerGeometry(geometry.in_, geometry.in_, blocks=3)
-        shapes[name] = LayerShape(tuple(p.shape), geometry)
+        shapes[name] = LayerShape(tuple(p.shape), weight_geometry(model, name))
     return shapes
+
+
+def weight_geometry(model: nn.Module, name: str) -> LayerGeometry:
+    """The geometry of `model`'s weight `name` (`layer_geometry` of its module), fused q/k/v read as three blocks.
+
+    The one place that reads a Linear named ``qkv`` with three times as many outputs as inputs as
+    three ``(E, E)`` projections. Raises `AttributeError` when `model` has no parameter `name`.
+    """
+    module, attr = owning_module(model, name)
+    geometry = layer_geometry(module, getattr(module, attr), attr)
+    if name.endswith("qkv.weight") and isinstance(module, nn.Linear) and geometry.out == 3 * geometry.in_:
+        geometry = LayerGeometry(geometry.in_, geometry.in_, blocks=3)
+    return geometry
 
 
 def owning_module(model: nn.Module, param_name: str) -> tuple[nn.Module, str]:

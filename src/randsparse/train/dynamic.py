@@ -31,6 +31,7 @@ from torch import nn
 from randsparse.evaluate.complexity import count_flops
 from randsparse.seeding import mix, seeded_generator
 from randsparse.sparsity import FixedMask, MaskSet, attach
+from randsparse.sparsity.layers import weight_geometry
 from randsparse.sparsity.methods import SparsityMethod, get_method
 from randsparse.train.config import TrainConfig
 from randsparse.train.distributed import Distributed
@@ -194,12 +195,14 @@ def start_sparse_training(
     """Build the config's method, attach the masks it starts from (`plan` itself for ``static``) to `model`.
 
     `plan` is the layer-wise rule's draw (None for a dense run); `total_steps` the run's optimizer
-    steps. A moving method's masks are copies, never the plan's tensors.
+    steps. A moving method's masks are copies, never the plan's tensors. The method learns each
+    layer's stacked projections (`SparsityMethod.blocks`) from `model` here, before `start`.
     """
     method = get_method(config.sparsity.method)(total_steps, **config.sparsity.method_options)
     handle = None
     if plan is not None:
         params = dict(model.named_parameters())
+        method.blocks = {name: weight_geometry(model, name).blocks for name in plan}
         masks = MaskSet(method.start(plan, {name: params[name].detach() for name in plan}))
         if method.dynamic:
             masks = MaskSet({name: mask.clone() for name, mask in masks.items()})

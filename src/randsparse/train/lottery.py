@@ -29,7 +29,8 @@ from typing import Any
 from torch import nn
 
 from randsparse.errors import ConfigError, FileFormatError, InfeasibleBudgetError
-from randsparse.sparsity import MaskSet, PrunableSelector, layer_densities, prunable_parameters
+from randsparse.sparsity import MaskSet, PrunableSelector, layer_densities, prunable_parameters, prunable_shapes
+from randsparse.sparsity.layers import weight_geometry
 from randsparse.sparsity.methods.lth import LotteryTicket
 from randsparse.train.checkpoint import Progress, load_checkpoint
 from randsparse.train.config import TrainConfig
@@ -108,7 +109,8 @@ def prune_parent(
     masks = MaskSet.from_state_dict(state["masks"]) if state.get("masks") is not None else None
     densities = None
     if method.scope == "layerwise":
-        shapes = {name: tuple(weights[name].shape) for name in names}
+        method.blocks = {name: weight_geometry(model, name).blocks for name in names}
+        shapes = prunable_shapes(model, _selector(config))  # geometry-carrying: ERK sees q, k, v
         options = {k: v for k, v in config.sparsity.options.items() if k != "allow_empty_layers"}
         densities = layer_densities(shapes, 1.0 - sparsity, config.sparsity.distribution, **options)
     new = method.next_masks(weights, masks, sparsity, densities)

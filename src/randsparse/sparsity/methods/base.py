@@ -36,6 +36,11 @@ class SparsityMethod:
     tensor}`` (True = active) in the plan's order; weights and gradients are float tensors of the
     same shapes. A method never touches a model or an optimizer: the enforcement handle
     (`randsparse.sparsity.enforce.FixedMask.update_masks`) applies what it returns.
+
+    `blocks` maps a weight stacking several projections along its first dimension to their number
+    (3 for an attention's fused q/k/v, read by `randsparse.sparsity.layers.weight_geometry`; a layer
+    absent from it is one block). The training loop sets it before `start`; a moving method keeps
+    the active count of each block, not only of the layer, so q, k and v keep their densities.
     """
 
     name: ClassVar[str] = "static"
@@ -46,6 +51,7 @@ class SparsityMethod:
         self.total_steps = int(total_steps)
         self.plan_counts: dict[str, int] = {}
         self.plan_sizes: dict[str, int] = {}
+        self.blocks: dict[str, int] = {}
 
     def start(
         self, plan: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]

@@ -24,6 +24,7 @@ import torch
 from randsparse.errors import ConfigError, is_integer
 from randsparse.sparsity.masks import MaskSet, kept_count
 from randsparse.sparsity.methods.base import SparsityMethod, register_method
+from randsparse.sparsity.methods.topology import join_blocks, split_blocks
 from randsparse.sparsity.selection import global_top_masks, top_flags
 
 SCOPES = ("global", "layerwise")
@@ -92,22 +93,34 @@ def global_magnitude_masks(
 
 
 def layerwise_magnitude_masks(
-    weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None, densities: Mapping[str, float]
+    weights: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor] | None,
+    densities: Mapping[str, float],
+    blocks: Mapping[str, int] | None = None,
 ) -> MaskSet:
     """The next level's masks keeping each layer's own density (a layer-wise rule such as ERK at this level).
 
     In each layer, keeps its ``kept_count(densities[name], size)`` active weights of largest
-    ``|w|`` (ties to the first flat position). A layer whose rule asks for more weights than it
-    still has keeps all it has (pruning never revives a weight; ERK and uniform never ask for more
-    as the sparsity rises). Raises `ConfigError` when a layer has no density.
+    ``|w|`` (ties to the first flat position); a weight stacking `blocks` projections (q, k, v of
+    an attention, `SparsityMethod.blocks`) keeps ``kept_count(density, block size)`` in each. A
+    layer (block) whose rule asks for more weights than it still has keeps all it has (pruning never
+    revives a weight; ERK and uniform never ask for more as the sparsity rises). Raises
+    `ConfigError` when a layer has no density.
     """
     scores = _active_magnitudes(weights, masks)
     result = {}
     for name, score in scores.items():
         if name not in densities:
             raise ConfigError(f"no density for layer {name!r}")
-        keep = min(kept_count(densities[name], score.numel()), _active_count(weights, masks, name))
-        result[name] = top_flags(score.reshape(-1), keep).reshape(score.shape)
+        count = (blocks or {}).get(name, 1)
+        active = torch.ones_like(score, dtype=torch.bool)
+        if masks is not None and name in masks:
+            active = masks[name].to("cpu")
+        parts = [
+            top_flags(part, min(kept_count(densities[name], part.numel()), int(alive.sum())))
+            for part, alive in zip(split_blocks(score, count), split_blocks(active, count), strict=True)
+        ]
+        result[name] = join_blocks(parts, score.shape)
     return MaskSet(result)
 
 
@@ -172,7 +185,7 @@ class LotteryTicket(SparsityMethod):
             return global_magnitude_masks(weights, masks, density)
         if densities is None:
             raise ConfigError("layer-wise lottery-ticket pruning needs the rule's per-layer densities")
-        return layerwise_magnitude_masks(weights, masks, densities)
+        return layerwise_magnitude_masks(weights, masks, densities, self.blocks)
 
     def state_dict(self) -> dict[str, Any]:
         return {"levels": self.levels, "rewind_step": self.rewind_step, "scope": self.scope}

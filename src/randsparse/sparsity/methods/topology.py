@@ -4,6 +4,9 @@ Every function is pure over tensors and deterministic: scores are ranked with a 
 equal scores are broken by the lower flat (row-major) index first, whatever the device. Masks are
 bool tensors (True = active); scores are floating tensors of the mask's shape.
 
+A weight stacking ``blocks`` projections along its first dimension (q, k, v of an attention's
+``in_proj_weight``) is decided block by block (`split_blocks`), each keeping its own active count.
+
 Schedules take 1-based optimizer steps (the masks change *after* step ``t``) and the run's total
 number of optimizer steps ``T``.
 """
@@ -72,12 +75,40 @@ def random_scores(mask: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.rand(mask.shape, generator=generator, dtype=torch.float64)
 
 
-def drop_and_grow(mask: torch.Tensor, weight: torch.Tensor, grow_scores: torch.Tensor, fraction: float) -> torch.Tensor:
+def split_blocks(tensor: torch.Tensor, blocks: int) -> tuple[torch.Tensor, ...]:
+    """`tensor`'s `blocks` stacked projections: equal slices along dim 0, each flattened (row-major views).
+
+    Raises `ValueError` when `blocks` < 1 or does not divide ``tensor.shape[0]``.
+    """
+    rows = tensor.shape[0] if tensor.dim() else 1
+    if blocks < 1 or rows % blocks:
+        raise ValueError(f"cannot split a weight of shape {tuple(tensor.shape)} into {blocks} blocks along dim 0")
+    return tuple(tensor.reshape(blocks, -1).unbind(0))
+
+
+def join_blocks(parts: list[torch.Tensor], shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """The inverse of `split_blocks`: the flattened `parts` stacked back into one tensor of `shape`."""
+    return torch.stack(parts).reshape(shape)
+
+
+def block_counts(mask: torch.Tensor, blocks: int) -> list[int]:
+    """Active positions of each of `mask`'s `blocks` stacked projections (`split_blocks`)."""
+    return [int(part.sum()) for part in split_blocks(mask, blocks)]
+
+
+def drop_and_grow(
+    mask: torch.Tensor, weight: torch.Tensor, grow_scores: torch.Tensor, fraction: float, blocks: int = 1
+) -> torch.Tensor:
     """Drop ``round(fraction × active)`` active weights of smallest magnitude, grow as many by `grow_scores`.
 
     Growth candidates are every position inactive after the drop, the ones just dropped included
-    (google-research/rigl does the same), so the active count is unchanged.
+    (google-research/rigl does the same), so the active count is unchanged. With `blocks` > 1 each
+    stacked projection (`split_blocks`) drops and grows its own ``round(fraction × its active)``
+    among its own positions, so every block keeps its count.
     """
+    if blocks != 1:
+        parts = zip(*(split_blocks(t, blocks) for t in (mask, weight, grow_scores)), strict=True)
+        return join_blocks([drop_and_grow(m, w, s, fraction) for m, w, s in parts], mask.shape)
     count = round(fraction * int(mask.sum()))
     dropped = drop_lowest(mask, weight.detach().abs(), count)
     return grow_highest(dropped, grow_scores, count)
@@ -125,7 +156,8 @@ class DropAndGrow(SparsityMethod):
 
     Updates happen after steps ``ΔT, 2ΔT, ...`` before ``end_fraction × T`` (rounded), never after the last
     step (a weight grown then could not train). Each layer keeps the plan's active count, so the
-    layer-wise rule's densities hold throughout. Subclasses give `drop_fraction_at` and `grow_scores`.
+    layer-wise rule's densities hold throughout (of each projection of a stacked weight too, see
+    `SparsityMethod.blocks`). Subclasses give `drop_fraction_at` and `grow_scores`.
     """
 
     dynamic = True
@@ -166,7 +198,7 @@ class DropAndGrow(SparsityMethod):
         new = {}
         for name, mask in masks.items():  # layers in the plan's order: the generator's draws are fixed
             scores = self.grow_scores(name, mask, grads, generator).to(mask.device)
-            new[name] = drop_and_grow(mask, weights[name], scores, fraction)
+            new[name] = drop_and_grow(mask, weights[name], scores, fraction, self.blocks.get(name, 1))
         self.updates += 1
         return new
 
