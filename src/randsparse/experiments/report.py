@@ -319,10 +319,12 @@ def write_report(store: ResultsStore, out_dir: str | Path, title: str | None = N
         lines += ["## Test accuracy", "", f"Mean ± std over seeds, in %, on {dataset}; the gap is sparse − dense.", ""]
         lines += [_markdown_table(table, order), ""]
         from randsparse.experiments.claims_report import claim_sections  # the paper's claims, one section each
+        from randsparse.experiments.paper import paper_section  # the paper's own numbers beside ours
 
         claim_lines, claim_files, report.verdicts = claim_sections(done, out, title)
-        lines += claim_lines
-        report.files += claim_files
+        paper_lines, paper_files = paper_section(done, out, title)
+        lines += claim_lines + paper_lines
+        report.files += claim_files + paper_files
         plots = [
             plot_metric_vs_sparsity(done, ACCURACY, "test accuracy", out / "accuracy_vs_sparsity.png", title),
             plot_gap_vs_size(table, "width", out / "gap_vs_width.png", f"{title}: gap to dense vs width"),
