@@ -50,7 +50,7 @@ def _store(tmp_path: Path, dataset: str = "cifar10") -> ResultsStore:
     store = ResultsStore(tmp_path / "results.sqlite")
     accuracy = {(0.0, 0): 0.92, (0.0, 1): 0.93, (0.9, 0): 0.87, (0.9, 1): 0.88, (0.7, 0): 0.9}
     specs = []
-    for (sparsity, seed), value in accuracy.items():
+    for sparsity, seed in accuracy:
         spec = {
             "data": {"name": dataset},
             "model": {"name": "resnet20", "width": 1.0},
