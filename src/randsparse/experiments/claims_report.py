@@ -122,11 +122,12 @@ def plot_differences(
 
 
 def claim_sections(
-    done: pd.DataFrame, out: Path, title: str, plots: bool = True
+    done: pd.DataFrame, out: Path, title: str, plots: bool = True, write: bool = True
 ) -> tuple[list[str], list[Path], list[Verdict]]:
     """The three claim sections of ``report.md``, the files written for them, and the verdicts.
 
-    `done` is the report's frame of finished runs; ``claims.csv`` and (with `plots`) the PNGs go to `out`.
+    `done` is the report's frame of finished runs; ``claims.csv`` (with `write`) and the PNGs (with
+    `plots`) go to `out`.
     """
     axis = size_axis(done)
     x = axis or "sparsity"
@@ -204,7 +205,7 @@ def claim_sections(
     lines += [verdict.line, ""]
 
     frames = [r for r in rows if not r.empty]
-    if frames:
+    if frames and write:
         table = pd.concat(frames, ignore_index=True)
         path = out / CLAIMS_CSV
         atomic_write_bytes(path, table.to_csv(index=False).encode())
