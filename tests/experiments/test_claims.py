@@ -147,3 +147,12 @@ def test_gaps_pair_each_run_with_the_dense_run_of_its_seed(tmp_path) -> None:
     # without a dense twin of the same seed, the mean of the size's dense runs is the reference
     partial = done[~((done["sparsity"] == 0) & (done["seed"] == 2))]
     assert len(gaps_to_dense(partial, "test_accuracy")) == len(gaps)
+
+
+def test_a_partial_highest_sparsity_does_not_decide_the_verdict() -> None:
+    complete = _gaps({1.0: -0.05, 4.0: -0.02}, std=0.005)
+    partial = _gaps({1.0: -0.20}, std=float("nan")).assign(sparsity=0.95, seeds=1)
+    verdict = claim1_verdict(pd.concat([complete, partial], ignore_index=True), "width")
+    assert "at 90 % sparsity" in verdict.text and verdict.outcome == CONSISTENT
+    both = pd.concat([complete, partial.assign(width=4.0, size="m ×4.0", seeds=3, std=0.005)], ignore_index=True)
+    assert "at 95 % sparsity" in claim1_verdict(pd.concat([both, partial.assign(seeds=3, std=0.005)]), "width").text

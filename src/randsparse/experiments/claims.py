@@ -193,6 +193,16 @@ def _shown(value: float, metric: Metric) -> str:
     return (f"{value:+.1f}" if metric.scale != 1 else f"{value:+.3f}").replace("-", "−")
 
 
+def verdict_sparsity(cells: pd.DataFrame, by: str) -> float:
+    """The sparsity a verdict reads: the most `by` values (sizes) covered, then the most seeds, then the highest.
+
+    So a study still running, whose highest sparsity has fewer seeds or sizes so far, is judged
+    where its evidence is complete.
+    """
+    coverage = cells.groupby("sparsity").agg(covered=(by, "nunique"), seeds=("seeds", "min"))
+    return max(coverage.itertuples(), key=lambda r: (r.covered, r.seeds, r.Index)).Index
+
+
 def claim1_verdict(gaps: pd.DataFrame, axis: str | None, metric: Metric = Metric(ACCURACY, "accuracy")) -> Verdict:
     """Claim 1 from the accuracy gaps: at the highest sparsity, does the gap shrink from smallest to largest size?
 
@@ -201,7 +211,7 @@ def claim1_verdict(gaps: pd.DataFrame, axis: str | None, metric: Metric = Metric
     """
     if axis is None or gaps.empty:
         return Verdict(1, UNTESTED, "not tested: the study varies neither width nor depth.")
-    top = gaps["sparsity"].max()
+    top = verdict_sparsity(gaps, axis)
     parts, signs = [], []
     for (distribution, variant), line in gaps[gaps["sparsity"] == top].groupby(["distribution", "variant"]):
         line = line.dropna(subset=[axis]).sort_values(axis)
@@ -218,7 +228,7 @@ def claim1_verdict(gaps: pd.DataFrame, axis: str | None, metric: Metric = Metric
             f"{name}: {verb} from {_points(small['mean'] * metric.scale)} to {_points(large['mean'] * metric.scale)}"
         )
     if not parts:
-        return Verdict(1, UNTESTED, f"not tested: no distribution was run at two {axis}s at {top:.0%} sparsity.")
+        return Verdict(1, UNTESTED, f"not tested: no distribution was run at two {axis}s at {top * 100:g} % sparsity.")
     ratio = gaps[axis].max() / gaps[axis].min()
     seeds = int(gaps[gaps["sparsity"] == top]["seeds"].min())
     outcome = _combine(signs)
@@ -233,17 +243,18 @@ def claim2_verdict(differences: pd.DataFrame, scale: float = 100.0, floor: float
     """Claim 2 from ERK − uniform accuracy: at the highest sparsity with both, pooled over sizes."""
     if differences.empty:
         return Verdict(2, UNTESTED, "not tested: the study has no ERK and uniform runs of the same size and sparsity.")
-    top = differences["sparsity"].max()
+    top = verdict_sparsity(differences, "size")
     rows = differences[differences["sparsity"] == top]
     mean = float(np.average(rows["mean"], weights=rows["seeds"])) * scale
     noise = math.sqrt(sum(_noise(r["std"], r["seeds"]) ** 2 for _, r in rows.iterrows())) / len(rows) * scale
+    seeds = int(rows["seeds"].min())
     sign = _decide(mean, noise, floor)
     outcome = {1: CONSISTENT, -1: CONTRADICTS, 0: INCONCLUSIVE}[sign]
     low, high = rows["mean"].min() * scale, rows["mean"].max() * scale
     who = {1: "ERK beats uniform", -1: "uniform beats ERK", 0: "ERK and uniform tie"}[sign]
-    seeds = int(rows["seeds"].min())
+    error = f" ± {noise:.1f}" if seeds > 1 else ""
     text = (
-        f"at {top * 100:g} % sparsity {who}: ERK − uniform = {_points(mean)} ± {noise:.1f} points on average"
+        f"at {top * 100:g} % sparsity {who}: ERK − uniform = {_points(mean)}{error} points on average"
         f" over {len(rows)} model size(s), from {_points(low)} to {_points(high)} ({_seeds_note(seeds)}):"
         f" {_WORDING[outcome].format(2)}."
     )
