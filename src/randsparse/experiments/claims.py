@@ -212,12 +212,13 @@ def claim1_verdict(gaps: pd.DataFrame, axis: str | None, metric: Metric = Metric
     if axis is None or gaps.empty:
         return Verdict(1, UNTESTED, "not tested: the study varies neither width nor depth.")
     top = verdict_sparsity(gaps, axis)
-    parts, signs = [], []
+    parts, signs, ratios = [], [], []
     for (distribution, variant), line in gaps[gaps["sparsity"] == top].groupby(["distribution", "variant"]):
         line = line.dropna(subset=[axis]).sort_values(axis)
         if line[axis].nunique() < 2:
             continue
         small, large = line.iloc[0], line.iloc[-1]
+        ratios.append(large[axis] / small[axis])
         change = (large["mean"] - small["mean"]) * metric.scale  # > 0: the gap closes
         noise = math.hypot(_noise(small["std"], small["seeds"]), _noise(large["std"], large["seeds"])) * metric.scale
         sign = _decide(change, noise, metric.floor)
@@ -229,7 +230,7 @@ def claim1_verdict(gaps: pd.DataFrame, axis: str | None, metric: Metric = Metric
         )
     if not parts:
         return Verdict(1, UNTESTED, f"not tested: no distribution was run at two {axis}s at {top * 100:g} % sparsity.")
-    ratio = gaps[axis].max() / gaps[axis].min()
+    ratio = max(ratios)
     seeds = int(gaps[gaps["sparsity"] == top]["seeds"].min())
     outcome = _combine(signs)
     text = (
@@ -296,3 +297,14 @@ def claim3_verdict(tables: dict[Metric, pd.DataFrame], axis: str | None) -> Verd
         wording = _WORDING[outcome].format(3)
     text = f"sparse − dense, {scope}: {'; '.join(parts)} ({_seeds_note(min(seeds))}): {wording}."
     return Verdict(3, outcome, text)
+
+
+def claim_verdicts(done: pd.DataFrame) -> list[Verdict]:
+    """The three verdicts from a frame of finished runs (what the report's claim sections print)."""
+    axis = size_axis(done)
+    tables = {metric: gaps_to_dense(done, metric.column) for metric in claim3_metrics(done)}
+    return [
+        claim1_verdict(gaps_to_dense(done, ACCURACY), axis),
+        claim2_verdict(erk_minus_uniform(done, ACCURACY)),
+        claim3_verdict(tables, axis),
+    ]

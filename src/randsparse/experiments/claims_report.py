@@ -111,6 +111,9 @@ def plot_differences(
         ax.axhline(0, color="grey", ls="--", lw=1)
         if x == "width":
             ax.set_xscale("log", base=2)
+        ticks = sorted(cells[x].dropna().unique())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_title(name)
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
@@ -196,10 +199,10 @@ def claim_sections(
         ]
         picture(
             lambda: plot_differences(
-                {m.label: cells for m, cells in tables.items()}, x,
+                {_panel(m): cells for m, cells in tables.items()}, x,
                 lambda r: _sparsity_label(r) + (f" [{r['variant']}]" if r["variant"] else ""), "sparse − dense",
                 out / f"claim3_sparse_minus_dense_vs_{x}.png", f"{title}: claim 3, sparse − dense",
-                {m.label: m.scale for m in tables},
+                {_panel(m): m.scale for m in tables},
             )
         )  # fmt: skip
     lines += [verdict.line, ""]
@@ -211,6 +214,12 @@ def claim_sections(
         atomic_write_bytes(path, table.to_csv(index=False).encode())
         files.append(path)
     return lines, files, verdicts
+
+
+def _panel(metric: Metric) -> str:
+    """A claim-3 panel title: the metric, its unit and which way is better."""
+    unit = "nats" if metric.scale == 1 else "points"
+    return f"{metric.label} ({unit}, {'higher' if metric.better > 0 else 'lower'} is better)"
 
 
 def _claim3_table(tables: dict[Metric, pd.DataFrame], done: pd.DataFrame) -> str:
