@@ -8,6 +8,7 @@ metric × cell, in shown units: points for fractions).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -60,7 +61,7 @@ def _size_rows(cells: pd.DataFrame) -> list[str]:
     return list(keys.sort_values(["depth", "width", "size"])["size"])
 
 
-def _pivot(cells: pd.DataFrame, scale: float, column_of) -> str:
+def _pivot(cells: pd.DataFrame, scale: float, column_of: Callable[[pd.Series], str]) -> str:
     """A Markdown table: one row per model size, one column per `column_of(row)`, cells mean ± std."""
     columns: list[str] = []
     table: dict[str, dict[str, str]] = {}
@@ -84,7 +85,13 @@ def _sparsity_label(row: pd.Series) -> str:
 
 
 def plot_differences(
-    panels: dict[str, pd.DataFrame], x: str, line_of, ylabel: str, path: Path, title: str, scale: dict[str, float]
+    panels: dict[str, pd.DataFrame],
+    x: str,
+    line_of: Callable[[pd.Series], str],
+    ylabel: str,
+    path: Path,
+    title: str,
+    scale: dict[str, float],
 ) -> Path | None:
     """One panel per entry of `panels`: mean ± std (error bars) of each line's cells against `x`.
 
@@ -139,7 +146,7 @@ def claim_sections(
     verdicts: list[Verdict] = []
     rows: list[pd.DataFrame] = []
 
-    def picture(draw) -> None:
+    def picture(draw: Callable[[], Path | None]) -> None:
         path = draw() if plots else None
         if path is not None:
             files.append(path)
