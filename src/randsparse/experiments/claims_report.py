@@ -101,10 +101,12 @@ def plot_differences(
     if not panels:
         return None
     figure, axes = _panel_grid(len(panels), sharey=False)
+    names = sorted({line_of(row) for cells in panels.values() for _, row in cells.iterrows()})
+    colours = {label: f"C{i % 10}" for i, label in enumerate(names)}  # one colour per line in every panel
     for ax, (name, cells) in zip(axes, panels.items(), strict=True):
         factor = scale[name]
         labels = cells.apply(line_of, axis=1)
-        for i, (label, line) in enumerate(cells.groupby(labels, sort=True)):
+        for label, line in cells.groupby(labels, sort=True):
             line = line.sort_values(x)
             ax.errorbar(
                 line[x],
@@ -112,7 +114,7 @@ def plot_differences(
                 yerr=line["std"].fillna(0.0) * factor,
                 marker="o",
                 capsize=3,
-                color=f"C{i % 10}",
+                color=colours[label],
                 label=label,
             )
         ax.axhline(0, color="grey", ls="--", lw=1)
@@ -125,7 +127,7 @@ def plot_differences(
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
         ax.set_ylabel(ylabel)
-    axes[0].legend(fontsize="x-small")
+        ax.legend(fontsize="x-small")
     figure.suptitle(title)
     figure.tight_layout()
     return _save(figure, path)
