@@ -289,21 +289,26 @@ def _results_script():
 
 
 def test_readme_results_table_is_generated_from_the_committed_csv() -> None:
+    from randsparse.experiments import expand, load_study
+
     script = _results_script()
     readme = (ROOT / "README.md").read_text()
-    assert script.with_table(readme, script.readme_table()) == readme, "run docs/results/make_readme_table.py"
-    runs = script.finished_runs()
-    assert len(runs) == len(pd.read_csv(script.CSV)) == 15  # the quickstart study, every run done
+    assert script.with_table(readme, script.results_block()) == readme, "run docs/results/make_readme_table.py"
+    runs = pd.read_csv(script.CSV)
+    assert set(runs["id"]) == {spec.id for spec in expand(*load_study(script.STUDY))}  # every run of the study
+    assert len(script.finished_runs()) == (runs["status"] == "done").sum() > 0
     for figure in script.FIGURES.values():
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for verdict in script.verdicts():  # the README states each claim's computed verdict, contradicting or not
+        assert f"**{verdict.outcome}**: {verdict.text}" in readme
 
 
 def test_a_hand_edit_of_the_readme_table_is_caught(tmp_path) -> None:
     script = _results_script()
     readme = (ROOT / "README.md").read_text()
     edited = readme.replace(script.END, "| made up | 99.9 % |\n" + script.END)
-    assert script.with_table(edited, script.readme_table()) != edited
-    assert script.with_table(edited, script.readme_table()) == readme
+    assert script.with_table(edited, script.results_block()) != edited
+    assert script.with_table(edited, script.results_block()) == readme
 
 
 def test_no_doc_repeats_a_table_row() -> None:

@@ -96,6 +96,26 @@ def test_quickstart_is_three_widths_two_sparsities_two_rules_and_dense_baselines
     assert {s.config.sparsity.distribution for s in specs if not s.is_dense} == {"erk", "uniform"}
 
 
+@pytest.mark.parametrize("name", ["quickstart", "fmnist-reproduction"])
+def test_the_main_studies_test_all_three_claims(name: str) -> None:
+    """Width (claim 1), ERK and uniform at 90 % (claim 2), OOD, calibration and FGSM at two ε (claim 3)."""
+    study, base = load_study(ROOT / f"configs/studies/{name}.yaml")
+    specs = expand(study, base)
+    assert len({s.config.model.width for s in specs}) >= 3
+    assert {(s.config.sparsity.sparsity, s.config.sparsity.distribution) for s in specs} >= {
+        (0.9, "erk"),
+        (0.9, "uniform"),
+    }
+    for spec in specs:
+        assert {"digits", "gaussian", "uniform"} <= set(spec.config.eval.ood) and spec.config.eval.calibration
+        assert spec.config.eval.ood_if_present == ["mnist"]
+        assert len(spec.config.eval.fgsm) == 2
+    if name == "fmnist-reproduction":
+        assert {s.config.seed for s in specs} == {0, 1, 2}
+        quickstart = expand(*load_study(ROOT / "configs/studies/quickstart.yaml"))
+        assert {s.id for s in quickstart} <= {s.id for s in specs}  # the quickstart is the reproduction's seed 0
+
+
 @pytest.mark.parametrize(
     ("grid", "message"),
     [({"model.name": ["nonet"]}, "unknown model 'nonet'"), ({"sparsity.distribution": ["bogus"]}, "bogus")],

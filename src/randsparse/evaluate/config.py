@@ -136,6 +136,16 @@ class RunEvalConfig(EvalConfig):
     ood: list[OodSetName] = Field(
         default_factory=list, description="OOD sets (registered dataset names), e.g. mnist,gaussian"
     )
+    ood_if_present: list[OodSetName] = Field(
+        default_factory=list,
+        description="OOD sets evaluated only when their files are found (never downloaded), e.g. mnist",
+    )
+
+    @field_validator("ood_if_present", mode="before")
+    @classmethod
+    def _optional_names(cls, value: Any) -> Any:
+        value = _split(value)
+        return _unique(value) if isinstance(value, list) else value
 
 
 def eval_config(data: EvalConfig | dict[str, Any] | None = None, **overrides: Any) -> EvalConfig:

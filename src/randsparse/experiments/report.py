@@ -49,6 +49,7 @@ class Report:
     files: list[Path] = field(default_factory=list)
     runs: pd.DataFrame | None = None
     table: pd.DataFrame | None = None
+    verdicts: list[Any] = field(default_factory=list)  # claims.Verdict, one per claim
 
 
 def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
@@ -198,7 +199,7 @@ def _markdown_table(table: pd.DataFrame, order: list[str]) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else "_no finished runs yet_"
 
 
-def _panel_grid(count: int) -> tuple[Figure, list[Axes]]:
+def _panel_grid(count: int, sharey: bool = True) -> tuple[Figure, list[Axes]]:
     """A figure of `count` panels, three a row, on its own Agg canvas.
 
     The figure is built with matplotlib's object API, not pyplot: reporting never switches the
@@ -208,7 +209,7 @@ def _panel_grid(count: int) -> tuple[Figure, list[Axes]]:
     lines = math.ceil(count / cols)
     figure = Figure(figsize=(4.6 * cols, 3.6 * lines))
     FigureCanvasAgg(figure)
-    axes = figure.subplots(lines, cols, squeeze=False, sharey=True)
+    axes = figure.subplots(lines, cols, squeeze=False, sharey=sharey)
     flat = [ax for row in axes for ax in row]
     for ax in flat[count:]:
         ax.set_visible(False)
@@ -320,6 +321,13 @@ def write_report(store: ResultsStore, out_dir: str | Path, title: str | None = N
         dataset = ", ".join(sorted(done["dataset"].unique()))
         lines += ["## Test accuracy", "", f"Mean ± std over seeds, in %, on {dataset}; the gap is sparse − dense.", ""]
         lines += [_markdown_table(table, order), ""]
+        from randsparse.experiments.claims_report import claim_sections  # the paper's claims, one section each
+        from randsparse.experiments.paper import paper_section  # the paper's own numbers beside ours
+
+        claim_lines, claim_files, report.verdicts = claim_sections(done, out, title)
+        paper_lines, paper_files = paper_section(done, out, title)
+        lines += claim_lines + paper_lines
+        report.files += claim_files + paper_files
         method_lines, method_files, _ = method_section(done, rows, out, title)  # only when a study compares methods
         lines += method_lines
         report.files += method_files

@@ -77,6 +77,14 @@ def evaluate_accuracy(
     return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
 
 
+def _found(name: str, data_config: DataConfig) -> bool:
+    """True when OOD set `name` needs no download (files on disk, or generated): an `ood_if_present` set."""
+    if datasets.locate(name, data_config.root).found:
+        return True
+    log.info("OOD set %s not found: not evaluated (it is listed under eval.ood_if_present)", name)
+    return False
+
+
 def check_eval_data(config: TrainConfig, info: DatasetInfo) -> None:
     """The OOD sets the end-of-training evaluation needs, checked before training, not after it."""
     for name in config.eval.ood:
@@ -103,6 +111,10 @@ def evaluate_trained(
     if test is None:
         test = datasets.build(data_config.name, split="test", augment=False, **common, **data_config.options)
     ood = {name: datasets.build_ood(info, name, **common) for name in options.ood}
+    present = [n for n in getattr(options, "ood_if_present", []) if n not in ood and _found(n, data_config)]
+    if present:
+        ood.update({name: datasets.build_ood(info, name, root=data_config.root) for name in present})
+        options = options.model_copy(update={"ood": [*options.ood, *present]})
     raw = None
     if options.attacks:
         raw = datasets.build(
