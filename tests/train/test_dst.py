@@ -251,3 +251,23 @@ def test_a_corrupt_sparse_training_entry_is_a_file_format_error(tmp_path, straig
     save_checkpoint(path, {k: v for k, v in state.items() if k != "format"})
     with pytest.raises(FileFormatError, match="sparse_training"):
         load_checkpoint(path)
+
+
+def test_the_weight_average_never_holds_a_weight_the_last_update_pruned(tmp_path):
+    # GMP with end_fraction 1 prunes after the very last step: the average validated, tested and
+    # checkpointed must already be masked by it (it was averaged before the update, and kept them).
+    fit(
+        tiny_config(
+            "epochs=1",
+            "eval=false",
+            "optim.ema_decay=0.5",
+            "sparsity.method=gmp",
+            "sparsity.method_options={update_every: 3, end_fraction: 1.0}",
+        ),
+        tmp_path / "r",
+    )
+    state = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    masks = MaskSet.from_state_dict(state["masks"])
+    assert state["sparse_training"] is not None
+    for name, mask in masks.items():
+        assert torch.all(state["ema"][name][~mask] == 0), name

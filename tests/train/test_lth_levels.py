@@ -203,3 +203,30 @@ def test_the_cli_trains_resumes_and_refuses_a_lottery_run_with_one_line(tmp_path
     bad = ["train", "--config", str(config), "--out", str(tmp_path / "bad"), "--quiet"]
     code, _, err = cli([*bad, 'sparsity.method_options={"scope": "nearby"}'], capsys)
     assert code == 2 and "scope" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_weight_average_rewinds_with_the_weights(tmp_path, monkeypatch) -> None:
+    # With optim.ema_decay, a level >= 1 starts from the step-k average (masked), not from its fresh init.
+    seen = {}
+    original = _Level._rewind
+
+    def record(self, run, steps_per_epoch):
+        original(self, run, steps_per_epoch)
+        seen["ema"] = {k: v.clone() for k, v in run.ema.average.items()}
+        seen["masks"] = run.masks
+
+    monkeypatch.setattr(_Level, "_rewind", record)
+    fit(lth_config("optim.ema_decay=0.9", levels=1, rewind_step=2), tmp_path / "run")
+    rewind = load_checkpoint(rewind_checkpoint(RunDir(tmp_path / "run")))
+    masks = seen["masks"]
+    for name, value in seen["ema"].items():
+        expected = rewind["ema"][name] * masks[name] if name in masks else rewind["ema"][name]
+        assert torch.equal(value, expected), name
+
+
+@pytest.mark.parametrize("method", ["lth", "rigl", "gmp"])
+def test_a_method_that_makes_its_own_masks_refuses_a_saved_draw_in_one_line(method: str, tmp_path) -> None:
+    # Without the check the message asked for a target sparsity, which a saved draw must not set.
+    with pytest.raises(ConfigError, match="makes its own masks; a saved draw trains with method static") as info:
+        tiny_config(f"sparsity.method={method}", "sparsity=0", f"sparsity.masks_file={tmp_path / 'm.pt'}")
+    assert "\n" not in str(info.value)

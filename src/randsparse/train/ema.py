@@ -44,6 +44,11 @@ class WeightEMA:
         names = list(self.average)
         averages = [self.average[n] for n in names]
         torch._foreach_lerp_(averages, [params[n].detach() for n in names], 1.0 - self.decay)
+        self.apply_masks(model)
+
+    @torch.no_grad()
+    def apply_masks(self, model: nn.Module) -> None:
+        """Zero the average wherever `model`'s masks (as attached now) prune a weight."""
         for name, value in self.average.items():
             mask = _mask_of(model, name)
             if mask is not None:

@@ -159,14 +159,14 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, ba
                 nn.utils.clip_grad_norm_(run.model.parameters(), config.optim.grad_clip)
             run.scaler.step(run.optimizer)
             run.scaler.update()
-            if run.ema is not None:
-                run.ema.update(run.model)
         if run.tracker is not None:
             run.tracker.log_step(progress.global_step + 1, step_values(run.optimizer, run.scaler, loss_sum / count))
         run.scheduler.step()
         progress.global_step += 1
         if run.sparse is not None:
             run.sparse.after_step(progress.global_step, count)  # the method's update, if this is its step
+        if run.ema is not None:  # after any mask update: the average never holds a weight pruned now
+            run.ema.update(run.model)
         progress.batch_in_epoch += 1
         if run.after_step is not None:
             run.after_step(run)

@@ -171,6 +171,11 @@ class _Level:
             raise FileFormatError(f"{str(rewind_checkpoint(self.top))!r} does not fit this run: {exc}") from None
         if run.masks is not None:
             run.masks.apply_(run.model)
+        if run.ema is not None:  # the weight average rewinds with the weights, to its step-k value
+            if state.get("ema") is None:
+                raise FileFormatError(f"{str(rewind_checkpoint(self.top))!r} holds no weight average (optim.ema_decay)")
+            run.ema.load_state_dict(state["ema"])
+            run.ema.apply_masks(run.model)
         epoch, batch = saved.epoch, saved.batch_in_epoch
         if batch >= steps_per_epoch:  # step k ended an epoch: this level's first epoch is the next one
             epoch, batch = epoch + 1, 0

@@ -223,6 +223,8 @@ class SparsityConfig(_Section):
             self.method_options,
             ("self", *LOOP_ARGUMENTS),
         )
+        if self.method != "static" and (self.masks_file is not None or self.masks_from_run is not None):
+            raise ValueError(f"method {self.method} makes its own masks; a saved draw trains with method static")
         if self.method != "static" and self.sparsity == 0.0:
             raise ValueError(
                 f"method {self.method} needs a target sparsity: set sparsity above 0 (a dense run is static)"
