@@ -262,3 +262,50 @@ def test_ctrl_c_to_the_study_process_alone_stops_its_local_workers(tmp_path) -> 
     assert time.monotonic() - started < 60, "the workers' runs were waited for instead of stopped"
     counts = open_store(study_dir).counts()
     assert counts["running"] == 0 and counts["failed"] == 0
+
+
+class _BrokenByTheInterrupt:
+    """An executor whose run is interrupted and whose pool is then broken (its workers gone)."""
+
+    slots = 1
+
+    def submit(self, run_id, config, run_dir):
+        raise KeyboardInterrupt
+
+    def wait(self, handles, timeout):
+        return []
+
+    def interrupt(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_pool_broken_by_ctrl_c_does_not_hide_the_interrupt(tmp_path, monkeypatch) -> None:
+    # Once seen in CI: the broken pool's BrokenPipeError replaced the KeyboardInterrupt, and the
+    # CLI took it for stdout piped into `head`: the study stopped silently with exit code 0.
+    import randsparse.experiments.runner as runner
+
+    monkeypatch.setattr(runner, "make_executor", lambda *a, **k: _BrokenByTheInterrupt())
+    study, base = load_study(write_study(tmp_path / "s.yaml", grid={"sparsity": [0.5]}))
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, base, tmp_path / "study")
+
+
+def test_the_cli_reports_an_interrupt_that_broke_a_pipe_as_interrupted(capsys) -> None:
+    import argparse
+
+    from rich.console import Console
+
+    from randsparse.cli import EXIT_INTERRUPTED, _run
+
+    def handler_with_context(args, console):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise BrokenPipeError(32, "Broken pipe")  # noqa: B904 - the context is the point
+
+    args = argparse.Namespace(handler=handler_with_context, command="study")
+    assert _run(args, Console()) == EXIT_INTERRUPTED
+    assert "interrupted" in capsys.readouterr().err

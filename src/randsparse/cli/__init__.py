@@ -91,8 +91,11 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly, as Unix tools do
-        sys.stderr.close()
+    except BrokenPipeError as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # a pipe to a worker broke while stopping
+            print(f"randsparse {args.command}: interrupted; run the same command again to continue", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        sys.stderr.close()  # output piped into e.g. `head`: stop quietly, as Unix tools do
         return 0
     except OSError as exc:
         if exc.filename is None:

@@ -6,6 +6,7 @@ Running the same command again resumes a study: stale ``running`` rows of dead d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -147,9 +148,14 @@ def run_study(
     engine: Executor = make_executor(executor, workers=workers, address=address, **executor_options)
     try:
         tracked = _study_tracking(study, specs, study_dir)  # MLflow's parent run, before the store changes
-        return _drive(study, base, study_dir, specs, engine, retry_failed, on_progress, heartbeat_seconds, tracked)
-    finally:
-        engine.shutdown()
+        status = _drive(study, base, study_dir, specs, engine, retry_failed, on_progress, heartbeat_seconds, tracked)
+    except BaseException:
+        # A pool broken by the interrupt (workers gone: BrokenPipeError) must not hide why the study stopped.
+        with contextlib.suppress(Exception):
+            engine.shutdown()
+        raise
+    engine.shutdown()
+    return status
 
 
 def _drive(
