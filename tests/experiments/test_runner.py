@@ -210,7 +210,11 @@ def _wait_until(predicate, process, timeout: float = 300) -> None:
 def _start_study(path, study_dir, *args: str) -> subprocess.Popen:
     """`randsparse study` in a child process, its output captured (for the signal and crash tests)."""
     command = _study_command(path, study_dir, *args)
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a background job of a non-interactive shell inherits SIGINT ignored.
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
 
 
 def _counts(study_dir) -> dict[str, int]:
