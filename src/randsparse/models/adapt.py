@@ -5,6 +5,7 @@
   RGB filters are summed (a grey image then gives what the model gave the same image in RGB), for
   more channels they are tiled and scaled by ``3 / in_channels``, so the stem's output keeps the
   initialisation's scale.
+- `check_input_sizes` refuses an ``image_size`` / ``input_size`` option that is not a pixel count.
 - `resize_inputs_` makes a model bilinearly resize every input to the size it declares (a ViT
   built for 32×32 patches fed 28×28 Fashion-MNIST), with a forward pre-hook: parameter names and
   the state dict stay the model's own, and the hook travels with copies and pickles.
@@ -89,3 +90,13 @@ def resize_inputs_(model: nn.Module, size: int | None) -> nn.Module:
         raise ConfigError(f"input_size must be a positive integer (pixels), got {size!r}")
     model.register_forward_pre_hook(InputResize(size))
     return model
+
+
+def check_input_sizes(what: str, image_size: Any, input_size: Any) -> None:
+    """Refuse an ``image_size`` or ``input_size`` builder option (pixels) that is not a positive integer.
+
+    `what` names the model in the one-line `ConfigError` (e.g. ``"model 'timm/vit_tiny_patch16_224'"``).
+    """
+    for size, key in ((image_size, "image_size"), (input_size, "input_size")):
+        if size is not None and (not is_integer(size) or size < 1):
+            raise ConfigError(f"{what}: {key} must be a positive integer (pixels), got {size!r}")

@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 
 from randsparse.errors import ConfigError, is_integer
-from randsparse.models.adapt import resize_inputs_
+from randsparse.models.adapt import check_input_sizes, resize_inputs_
 from randsparse.plugins import require_extra, unknown_name
 
 PREFIX = "timm/"
@@ -62,9 +62,7 @@ def timm_builder(name: str) -> Any:
         if options.get("pretrained") or "pretrained_cfg_overlay" in options:
             raise ConfigError(f"{what} is always built with random weights (never downloaded); drop 'pretrained'")
         options.pop("pretrained", None)
-        for size, key in ((image_size, "image_size"), (input_size, "input_size")):
-            if size is not None and (not is_integer(size) or size < 1):
-                raise ConfigError(f"{what}: {key} must be a positive integer (pixels), got {size!r}")
+        check_input_sizes(what, image_size, input_size)
 
         def create(**kwargs: Any) -> nn.Module:
             try:

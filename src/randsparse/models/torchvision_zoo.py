@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from randsparse.errors import ConfigError, is_integer
-from randsparse.models.adapt import adapt_stem_, resize_inputs_
+from randsparse.errors import ConfigError
+from randsparse.models.adapt import adapt_stem_, check_input_sizes, resize_inputs_
 from randsparse.plugins import unknown_name
 
 PREFIX = "torchvision/"
@@ -74,9 +74,7 @@ def torchvision_builder(name: str) -> Any:
         what = f"model {PREFIX + name!r}"
         if "weights" in options or "progress" in options:
             raise ConfigError(f"{what} is always built with random weights (never downloaded); drop 'weights'")
-        for size, key in ((image_size, "image_size"), (input_size, "input_size")):
-            if size is not None and (not is_integer(size) or size < 1):
-                raise ConfigError(f"{what}: {key} must be a positive integer (pixels), got {size!r}")
+        check_input_sizes(what, image_size, input_size)
         kwargs = dict(options)
         if name in _NO_AUX:
             kwargs.setdefault("aux_logits", False)
