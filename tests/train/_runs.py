@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +42,22 @@ def write_config(path: Path, config: TrainConfig) -> Path:
     """Write `config` as YAML to `path` and return the path."""
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     return path
+
+
+def signal_after_first_epoch(monkeypatch: Any) -> None:
+    """Send this process SIGINT once the first epoch is finished (and checkpointed), within `monkeypatch`.
+
+    `fit` then stops one step into the second epoch, with an ``interrupted`` summary.
+    """
+    import randsparse.train.loop as loop
+
+    original = loop._finish_epoch
+    calls = {"n": 0}
+
+    def finish_then_signal(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(loop, "_finish_epoch", finish_then_signal)

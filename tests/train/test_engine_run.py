@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 
@@ -14,7 +12,7 @@ import torch
 from randsparse.errors import ConfigError
 from randsparse.train import RunDir, config_hash, fit
 from randsparse.train.checkpoint import load_checkpoint
-from tests.train._runs import tiny_config
+from tests.train._runs import signal_after_first_epoch, tiny_config
 
 
 def test_the_engine_is_not_part_of_the_identity() -> None:
@@ -33,26 +31,11 @@ def test_an_auto_run_records_its_decisions(tmp_path) -> None:
         assert set(layer["decisions"][0]["fwd_bwd_ms"]) == {"dense", "sparse"}
 
 
-def _stop_after_first_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
-    import randsparse.train.loop as loop
-
-    original = loop._finish_epoch
-    calls = {"n": 0}
-
-    def finish_then_signal(*args, **kwargs):
-        original(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(loop, "_finish_epoch", finish_then_signal)
-
-
 @pytest.mark.parametrize(("first", "then"), [("sparse", "dense"), ("dense", "sparse")])
 def test_a_run_resumes_with_the_other_engine(tmp_path, monkeypatch, first: str, then: str) -> None:
     straight = fit(tiny_config("engine=dense"), tmp_path / "straight")
     with monkeypatch.context() as patch:
-        _stop_after_first_epoch(patch)
+        signal_after_first_epoch(patch)
         with pytest.raises(Exception, match="stopped"):
             fit(tiny_config(f"engine={first}"), tmp_path / "switched")
     assert RunDir(tmp_path / "switched").read_summary()["status"] == "interrupted"

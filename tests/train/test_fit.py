@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 
 import pytest
@@ -17,7 +15,7 @@ from randsparse.sparsity import MaskSet, prunable_shapes
 from randsparse.train import Interrupted, RunDir, config_hash, fit, load_run
 from randsparse.train.checkpoint import load_checkpoint
 from randsparse.train.identity import IDENTITY_VERSION
-from tests.train._runs import tiny_config
+from tests.train._runs import signal_after_first_epoch, tiny_config
 
 SUMMARY_KEYS = {
     "status",
@@ -160,23 +158,10 @@ def test_resume_continues_a_shorter_run_to_the_same_weights(tmp_path) -> None:
     config = tiny_config("epochs=3", "checkpoint_every_steps=5")
     fit(config, tmp_path / "straight")
 
-    import randsparse.train.loop as loop
-
-    original = loop._finish_epoch
-    calls = {"n": 0}
-
-    def finish_then_signal(*args, **kwargs):
-        original(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    loop._finish_epoch = finish_then_signal
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        signal_after_first_epoch(patch)
         with pytest.raises(Interrupted, match="SIGINT"):
             fit(config, tmp_path / "resumed")
-    finally:
-        loop._finish_epoch = original
     stopped = load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")["progress"]
     assert stopped["epoch"] == 1 and stopped["batch_in_epoch"] == 1, "stopped after one step of epoch 2"
     assert RunDir(tmp_path / "resumed").read_summary()["status"] == "interrupted"

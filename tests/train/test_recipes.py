@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from randsparse.train.precision import amp_dtype
 from randsparse.train.pretrained import load_initial_weights
 from randsparse.train.setup import build_datasets, build_model
 from tests._cli import run as run_cli
-from tests.train._runs import tiny_config, write_config
+from tests.train._runs import signal_after_first_epoch, tiny_config, write_config
 
 # A model without BatchNorm: micro-batches then make exactly the gradient of their whole batch.
 MLP = ("model.name=mlp", "model.width=0.125", "model.options={image_size: 12, depth: 1}", "eval=false")
@@ -30,21 +28,10 @@ def _last(out) -> dict:
 
 def _interrupt_after_first_epoch_and_resume(config, out, monkeypatch) -> dict:
     """Stop `config`'s run by SIGINT one step into epoch 2, resume it, and return the summary."""
-    import randsparse.train.loop as loop
-
-    original = loop._finish_epoch
-    calls = {"n": 0}
-
-    def finish_then_signal(*args, **kwargs):
-        original(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(loop, "_finish_epoch", finish_then_signal)
-    with pytest.raises(Interrupted):
-        fit(config, out)
-    monkeypatch.setattr(loop, "_finish_epoch", original)
+    with monkeypatch.context() as patch:
+        signal_after_first_epoch(patch)
+        with pytest.raises(Interrupted):
+            fit(config, out)
     assert _last(out)["progress"]["batch_in_epoch"] == 1, "stopped one step into epoch 2"
     return fit(config, out, resume=True)
 

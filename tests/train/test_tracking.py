@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import sys
 
 import pytest
@@ -15,7 +13,7 @@ from randsparse.errors import ConfigError
 from randsparse.train import Interrupted, config_hash, fit
 from randsparse.train.checkpoint import load_checkpoint
 from randsparse.train.tracking import default_tracking_uri, flat_params
-from tests.train._runs import tiny_config
+from tests.train._runs import signal_after_first_epoch, tiny_config
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is an optional extra: randsparse[mlflow]")
 
@@ -53,18 +51,10 @@ def test_a_run_logs_config_metrics_summary_and_masks_and_a_resume_continues_it(
     out = tmp_path / "run"
     _store_in(out, empty_store)  # the default store: mlflow.db in the output directory
     config = tiny_config("logging.mlflow=true", "eval=false")
-    import randsparse.train.loop as loop
-
-    original = loop._finish_epoch
-
-    def finish_then_signal(*args, **kwargs):
-        original(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(loop, "_finish_epoch", finish_then_signal)
-    with pytest.raises(Interrupted):
-        fit(config, out)
-    monkeypatch.setattr(loop, "_finish_epoch", original)
+    with monkeypatch.context() as patch:
+        signal_after_first_epoch(patch)
+        with pytest.raises(Interrupted):
+            fit(config, out)
     client = _client(out)
     (stopped,) = _runs(client)
     assert stopped.info.status == "KILLED"
