@@ -61,8 +61,9 @@ def test_eval_runs_all_three_families_and_records_them_in_the_summary(trained) -
 def test_a_second_eval_adds_keys_and_keeps_earlier_ones(trained) -> None:
     first = _eval(str(trained), "--fgsm", "0.02", "--attack-images", "50", "--format", "json")
     assert first.returncode == 0, first.stderr
-    second = _eval(str(trained), "--ood", "uniform", "--format", "json")
+    second = _eval(str(trained), "--ood", "uniform", "--ood-images", "300", "--format", "json")
     assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["ood.uniform.images"] == 300
     summary = json.loads((trained / "summary.json").read_text())
     assert "adv.fgsm.0.02" in summary["eval"] and "ood.uniform.msp.auroc" in summary["eval"]
 
@@ -71,6 +72,7 @@ def test_a_second_eval_adds_keys_and_keeps_earlier_ones(trained) -> None:
     ("args", "fragment"),
     [
         (["--fgsm", "2"], "[0, 1]"),
+        (["--ood-images", "0"], "--ood-images"),
         (["--ood", "nosuchset"], "nosuchset"),
         (["--ood-scores", "bogus"], "ood_scores"),
     ],

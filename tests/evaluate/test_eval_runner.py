@@ -89,6 +89,7 @@ def test_run_accuracy_equals_the_logits_of_one_pass() -> None:
 def test_run_without_ood_names_evaluates_every_given_set() -> None:
     result = run(_model(), _normalized(_raw(16, 0)), ood_data={"a": _raw(8, 1)}, options=EvalConfig(ood_scores="msp"))
     assert sorted(k for k in result if k.startswith("ood.")) == [
+        "ood.a.images",
         "ood.a.msp.aupr_in",
         "ood.a.msp.aupr_out",
         "ood.a.msp.auroc",
@@ -182,6 +183,27 @@ def test_attacks_use_a_seeded_subset_of_at_most_the_asked_size() -> None:
     first = run(model, test, options=options, mean=MEAN, std=STD)
     assert first["adv.images"] == 20
     assert run(model, test, options=options, mean=MEAN, std=STD)["adv.fgsm.0.05"] == first["adv.fgsm.0.05"]
+
+
+def test_ood_sets_are_scored_on_a_seeded_subset_of_at_most_ood_max_images(tmp_path) -> None:
+    model = _CountingModel(_model())
+    test, ood = _normalized(_raw(30, 0)), {"big": _raw(40, 1), "small": _raw(6, 2)}
+    options = EvalConfig(calibration=False, ood=["big", "small"], ood_max_images=10, seed=3)
+    first = run(model, test, options=options, ood_data=ood, cache_dir=tmp_path)
+    assert (first["ood.big.images"], first["ood.small.images"]) == (10, 6)  # a smaller set is scored whole
+    assert model.seen == 30 + 10 + 6
+    assert run(model, test, options=options, ood_data=ood)["ood.big.energy.auroc"] == first["ood.big.energy.auroc"]
+    # The cache tells a subset from the whole set: asking for all of it passes the 40 images.
+    everything = options.model_copy(update={"ood_max_images": None})
+    whole = run(model, test, options=everything, ood_data=ood, cache_dir=tmp_path)
+    assert whole["ood.big.images"] == 40
+    other_seed = run(model, test, options=options.model_copy(update={"seed": 4}), ood_data=ood)
+    assert other_seed["ood.big.images"] == 10
+
+
+def test_ood_max_images_must_be_a_positive_integer() -> None:
+    with pytest.raises(ValueError, match="ood_max_images"):
+        EvalConfig(ood_max_images=0)
 
 
 def test_run_leaves_the_model_as_it_was() -> None:

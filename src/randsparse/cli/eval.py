@@ -44,6 +44,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--attack-images", type=flag_number(int, ge=1), help="attack this many test images (default 1000)"
     )
     parser.add_argument(
+        "--ood-images", type=flag_number(int, ge=1), help="score a seeded subset of this many images per OOD set"
+    )
+    parser.add_argument(
         "--batch-size", type=flag_number(int, ge=1, le=MAX_BATCH), help=f"evaluation batch size (at most {MAX_BATCH})"
     )
     parser.add_argument("--data-dir", metavar="DIR", help="where the dataset files are")
@@ -63,6 +66,7 @@ _FLAGS = {
     "pgd_steps": "pgd_steps",
     "pgd_step_size": "pgd_step_size",
     "attack_images": "attack_max_images",
+    "ood_images": "ood_max_images",
     "batch_size": "batch_size",
 }
 

@@ -87,6 +87,13 @@ class EvalConfig(BaseModel):
         le=INT64_MAX,
         description="attack a seeded random subset of this many test images (None: all; an int64)",
     )
+    ood_max_images: int | None = Field(
+        default=None,
+        ge=1,
+        le=INT64_MAX,
+        description="score a seeded random subset of at most this many images of each OOD set (None: all; an"
+        " int64); AUROC and FPR95 then compare the whole test set with that subset",
+    )
     batch_size: int = Field(
         default=256, ge=1, le=MAX_BATCH, description=f"batch size of every evaluation pass, at most {MAX_BATCH}"
     )

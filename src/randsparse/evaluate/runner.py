@@ -10,6 +10,7 @@ results store; dotted names group them):
 ``brier``                          equal-width bins
 ``ood.<set>.<score>.<metric>``     metric ∈ auroc, aupr_in, aupr_out, fpr95; score ∈ msp,
                                    max_logit, energy; in-distribution = the test set
+``ood.<set>.images``               OOD examples scored (all, or ``ood_max_images``)
 ``adv.images``, ``adv.clean``      attacked examples and their clean accuracy
 ``adv.fgsm.<eps>``,                robust accuracy at each ε (``format_eps``: ``0.03``,
 ``adv.pgd.<eps>``                  ``0.0313725`` for 8/255)
@@ -36,6 +37,7 @@ from randsparse.evaluate.calibration import calibration_metrics, reliability_dia
 from randsparse.evaluate.config import EvalConfig, format_eps
 from randsparse.evaluate.inference import Data, LogitCache, cached_logits, model_fingerprint
 from randsparse.evaluate.ood import ood_metrics, ood_score
+from randsparse.seeding import seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,8 @@ def _dataset(data: Data) -> Dataset:
     return data.dataset if isinstance(data, DataLoader) else data
 
 
-def attack_subset(dataset: Dataset, max_images: int | None, generator: torch.Generator) -> Dataset:
-    """A seeded random subset of `max_images` examples (in index order), or the whole set."""
+def seeded_subset(dataset: Dataset, max_images: int | None, generator: torch.Generator) -> Dataset:
+    """A random subset of `max_images` examples drawn by `generator` (in index order), or the whole set."""
     size = len(dataset)  # type: ignore[arg-type]
     if max_images is None or max_images >= size:
         return dataset
@@ -132,7 +134,13 @@ def run(
         scores_in = {score: ood_score(score, logits, **score_options) for score in options.ood_scores}
         for name in names:
             start = time.perf_counter()
-            ood_logits, _ = cached_logits(model, ood_data[name], f"ood-{name}", cache, options.batch_size)
+            data, key = ood_data[name], f"ood-{name}"
+            if options.ood_max_images is not None and options.ood_max_images < len(_dataset(data)):  # type: ignore[arg-type]
+                generator = seeded_generator(options.seed, f"ood subset {name}")
+                data = seeded_subset(_dataset(data), options.ood_max_images, generator)
+                key = f"{key}-{options.ood_max_images}-seed{options.seed}"
+            ood_logits, _ = cached_logits(model, data, key, cache, options.batch_size)
+            result[f"ood.{name}.images"] = ood_logits.shape[0]
             for score in options.ood_scores:
                 metrics = ood_metrics(scores_in[score], ood_score(score, ood_logits, **score_options))
                 for metric, value in metrics.to_dict().items():
@@ -164,7 +172,7 @@ def _attacks(
     else:
         raw = _dataset(test_data)
     generator = torch.Generator().manual_seed(options.seed)
-    subset = attack_subset(raw, options.attack_max_images, generator)
+    subset = seeded_subset(raw, options.attack_max_images, generator)
     attacked = with_normalization(model, mean, std)
     robust = robust_accuracy(
         attacked,

@@ -18,6 +18,7 @@ from typing import Any
 from randsparse import data as datasets
 from randsparse.errors import ConfigError
 from randsparse.experiments.executors import Executor, Outcome, make_executor, run_dir_of
+from randsparse.experiments.schedule import longest_first
 from randsparse.experiments.store import FINISHED, ResultsStore, RunRow, owner_id
 from randsparse.experiments.study import RunSpec, StudyConfig, expand
 from randsparse.train.tracking import finish_study_run, study_parent_run
@@ -172,6 +173,9 @@ def _drive(
     """The driver loop: claim, submit, record, heartbeat, until no run is pending or running."""
     store = _sync(study, base, study_dir, specs, retry_failed)
     owner = owner_id()
+    priority = None
+    if study.order == "longest_first" and engine.slots > 1:  # one worker takes as long in any order
+        priority = {run_id: rank for rank, run_id in enumerate(longest_first(specs))}
     in_flight: dict[Any, str] = {}
     durations: list[float] = []
     last_beat = time.monotonic()
@@ -190,7 +194,7 @@ def _drive(
     try:
         while True:
             while not stopping and len(in_flight) < engine.slots:
-                row = store.claim(owner)
+                row = store.claim(owner, priority)
                 if row is None:
                     break
                 handle = engine.submit(row.id, _tracked(row.spec, tracked), run_dir_of(study_dir, row.id))

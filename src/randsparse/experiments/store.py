@@ -20,7 +20,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,16 +223,22 @@ class ResultsStore:
         return study
 
     # --- the run life cycle -------------------------------------------------------------------
-    def claim(self, owner: str | None = None) -> RunRow | None:
-        """Atomically take the first pending run of the study and mark it running by `owner`."""
+    def claim(self, owner: str | None = None, priority: Mapping[str, int] | None = None) -> RunRow | None:
+        """Atomically take the first pending run of the study and mark it running by `owner`.
+
+        First by `priority` (run id -> rank, lowest first; runs it does not rank come after), then by
+        grid position.
+        """
         owner = owner or owner_id()
         host, _, pid = owner.rpartition(":")
         with self._transaction() as db:
-            row = db.execute(
-                "SELECT id FROM runs WHERE status = 'pending' AND in_study = 1 ORDER BY position LIMIT 1"
-            ).fetchone()
-            if row is None:
+            pending = db.execute(
+                "SELECT id FROM runs WHERE status = 'pending' AND in_study = 1 ORDER BY position"
+            ).fetchall()
+            if not pending:
                 return None
+            ranks = priority or {}
+            row = min(pending, key=lambda r: ranks.get(r["id"], len(ranks)))  # min keeps the first of equals
             now = time.time()
             db.execute(
                 "UPDATE runs SET status = 'running', owner = ?, host = ?, pid = ?, attempts = attempts + 1,"

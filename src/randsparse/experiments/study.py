@@ -21,7 +21,7 @@ import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -53,6 +53,11 @@ class StudyConfig(BaseModel):
     base: dict[str, Any] = Field(default_factory=dict, description="run config (or overrides of base_config)")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted run-config key -> values")
     dense_baselines: bool = True
+    order: Literal["longest_first", "grid"] = Field(
+        default="longest_first",
+        description="the order pending runs start in: the longest estimated run first (fewer idle workers at"
+        " the end), or the grid's order (the first grid values finish first)",
+    )
 
     @field_validator("grid")
     @classmethod
