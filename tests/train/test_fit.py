@@ -252,6 +252,19 @@ def test_evaluation_options_in_the_config_run_at_the_end_of_training(tmp_path) -
     assert (tmp_path / "run/reliability.png").is_file()
 
 
+def test_the_test_set_is_passed_once_when_the_suite_runs(tmp_path, monkeypatch) -> None:
+    from randsparse.train import evaluation
+
+    calls = []
+    real = evaluation.evaluate_accuracy
+    monkeypatch.setattr(evaluation, "evaluate_accuracy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    summary = fit(tiny_config("epochs=1", "eval.ood=[uniform]"), tmp_path / "run")
+    assert calls == []  # the test accuracy comes from the suite's (cached) test logits
+    assert summary["eval"]["accuracy"] == summary["test_accuracy"]
+    assert summary["test_accuracy_last"] == summary["test_accuracy"] and summary["test_loss"] > 0
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "run/eval-cache").iterdir()) == ["ood", "test"]
+
+
 def test_eval_false_skips_the_evaluation_suite(tmp_path) -> None:
     summary = fit(tiny_config("epochs=1", "eval=false"), tmp_path / "run")
     assert "eval" not in summary

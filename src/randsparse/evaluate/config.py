@@ -97,7 +97,9 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(
         default=256, ge=1, le=MAX_BATCH, description=f"batch size of every evaluation pass, at most {MAX_BATCH}"
     )
-    seed: int = Field(default=0, ge=0, le=INT64_MAX, description="seeds the attacked subset and PGD's random start")
+    seed: int = Field(
+        default=0, ge=0, le=INT64_MAX, description="seeds the attacked subset, the OOD subsets and PGD's random start"
+    )
 
     @field_validator("ood", "ood_scores", mode="before")
     @classmethod

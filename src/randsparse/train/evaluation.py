@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from randsparse import data as datasets
 from randsparse.data import DatasetInfo
 from randsparse.errors import RandsparseError
+from randsparse.evaluate.calibration import topk_accuracy
 from randsparse.evaluate.config import EvalConfig
+from randsparse.evaluate.inference import LogitCache, cached_logits
 from randsparse.evaluate.runner import run as run_suite
 from randsparse.train.checkpoint import load_checkpoint
 from randsparse.train.config import DataConfig, TrainConfig
@@ -27,6 +29,9 @@ from randsparse.train.setup import Datasets
 from randsparse.train.state import Run
 
 log = logging.getLogger(__name__)
+
+EVAL_CACHE = "eval-cache"
+"""Subdirectory of a run directory holding the evaluation suite's cached logits."""
 
 
 def eval_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, **kwargs: Any) -> DataLoader:
@@ -104,7 +109,7 @@ def evaluate_trained(
     """`evaluate.run` on the test split of the run's dataset (its `data` section), its OOD sets and attacks.
 
     `test` is that split when the caller has it already (training does). Logits are cached under
-    ``out_dir/eval-cache`` keyed by `identity` (e.g. the checkpoint), the reliability diagram goes to
+    ``out_dir/eval-cache`` (`EVAL_CACHE`) keyed by `identity` (e.g. the checkpoint), the reliability diagram goes to
     ``out_dir/reliability.png``. Returns `evaluate.run`'s flat dict of metrics.
     """
     common = {"root": data_config.root, "download": data_config.download}
@@ -128,7 +133,7 @@ def evaluate_trained(
         mean=info.mean,
         std=info.std,
         attack_data=raw,
-        cache_dir=Path(out_dir) / "eval-cache",
+        cache_dir=Path(out_dir) / EVAL_CACHE,
         identity=identity,
         out_dir=out_dir,
     )
@@ -138,34 +143,45 @@ def final_evaluation(run: Run, data: Datasets, batch_size: int) -> dict[str, Any
     """Test accuracy of the last model and of the best-on-validation model; the eval suite on the best.
 
     The test set is split over the processes; the evaluation suite (calibration, OOD, attacks) runs on
-    rank 0 alone, which writes its files.
+    rank 0 alone, which writes its files. In one process without autocast, the best model's test
+    pass is the suite's own (its logits are cached for it), so the test set is passed once, not twice.
     """
     dist = run.dist
+    options = run.config.eval
+    suite = dist.is_main and (options.calibration or options.ood or options.attacks)
+    best_epoch = run.progress.best_epoch or run.progress.epoch
+    identity = f"{run.identity}-best-epoch{best_epoch}"
     loader = eval_loader(shard(data.test, dist), batch_size, run.config.data.workers, run.device)
+
+    def test_pass() -> dict[str, float]:
+        if suite and not dist.active and run.amp_dtype is None:
+            cache = LogitCache(Path(run.run_dir.path) / EVAL_CACHE, identity)
+            logits, labels = cached_logits(run.model, data.test, "test", cache, options.batch_size, run.device)
+            return {"loss": float(run.loss_fn(logits.float(), labels)), "accuracy": topk_accuracy(logits, labels, 1)}
+        return evaluate_accuracy(run.model, loader, run.loss_fn, run.device, run.amp_dtype, dist)
+
     current = None
     if run.ema is not None:  # with optim.ema_decay the average is what is tested
         current = {k: v.clone() for k, v in run.model.state_dict().items()}
         swap_in(run.model, run.ema.average)
-    last = evaluate_accuracy(run.model, loader, run.loss_fn, run.device, run.amp_dtype, dist)
-    best = last
-    best_epoch = run.progress.best_epoch or run.progress.epoch
-    if best_epoch != run.progress.epoch:  # the same decision on every rank: progress is reduced
+    if best_epoch == run.progress.epoch:
+        last = best = test_pass()
+    else:  # the same decision on every rank: progress is reduced
+        last = evaluate_accuracy(run.model, loader, run.loss_fn, run.device, run.amp_dtype, dist)
         if current is None:
             current = {k: v.clone() for k, v in run.model.state_dict().items()}
         if dist.is_main:
             run.model.load_state_dict(evaluated_weights(load_checkpoint(run.run_dir.best_checkpoint)))
         dist.broadcast_from_main(model_state_tensors(run.model), "loading the best model")
-        best = evaluate_accuracy(run.model, loader, run.loss_fn, run.device, run.amp_dtype, dist)
+        best = test_pass()
     result = {
         "test_accuracy": best["accuracy"],
         "test_loss": best["loss"],
         "test_accuracy_last": last["accuracy"],
         "test_loss_last": last["loss"],
     }
-    options = run.config.eval
-    if dist.is_main and (options.calibration or options.ood or options.attacks):
+    if suite:
         run.files.update_summary(**result)  # the accuracies stand whatever becomes of the suite
-        identity = f"{run.identity}-best-epoch{best_epoch}"
         try:
             result["eval"] = evaluate_trained(
                 run.model,
