@@ -201,3 +201,56 @@ def test_dense_gradients_runs_the_masked_dense_layers_inside_the_block() -> None
     with dense_gradients(net):
         assert "SparseLinear" not in type(net.fc1(x).grad_fn).__name__  # autograd of the dense op
     assert all(state.mode == "sparse" for _, _, state in engaged(net))
+
+
+def _pruned_gradient_is_zero(net: nn.Module, masks) -> bool:
+    return all(bool((net.get_parameter(name).grad[~mask] == 0).all()) for name, mask in masks.items())
+
+
+def test_a_dense_forward_in_the_same_step_keeps_the_pruned_gradient_masked() -> None:
+    """The sparse path's gradient skips FixedMask's masking only when no dense forward joined it."""
+    net, masks = _masked_net()
+    attach(net, masks)
+    use_engine(net, "sparse")
+    x = torch.randn(4, 128)
+    with dense_gradients(net):
+        dense_part = net.fc1(x)  # the masked dense op: its gradient has pruned entries to mask
+    (net.fc1(x).sum() + dense_part.sum()).backward()
+    assert _pruned_gradient_is_zero(net, {"fc1.weight": masks["fc1.weight"]})
+    # Sparse only: the gradient comes straight from the kept entries, zero elsewhere all the same.
+    net.zero_grad(set_to_none=True)
+    net.fc1(x).sum().backward()
+    assert _pruned_gradient_is_zero(net, {"fc1.weight": masks["fc1.weight"]})
+
+
+def test_a_layer_put_back_to_dense_masks_its_gradient_again() -> None:
+    net, masks = _masked_net()
+    attach(net, masks)
+    use_engine(net, "sparse")
+    x = torch.randn(4, 128)
+    with torch.no_grad():
+        net.fc1(x)  # a forward without backward leaves the layer's "sparse gradient" note behind
+    remove_engine(net)
+    net.fc1(x).sum().backward()
+    assert _pruned_gradient_is_zero(net, {"fc1.weight": masks["fc1.weight"]})
+
+
+def test_the_kept_optimizer_picks_up_weights_written_between_steps() -> None:
+    net, masks = _masked_net()
+    plain, kept = copy.deepcopy(net), copy.deepcopy(net)
+    opts = []
+    for model, use_kept in ((plain, False), (kept, True)):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        attach(model, masks, opt)
+        if use_kept:
+            use_kept_optimizer(model, opt)
+        opts.append(opt)
+    for step, (x, y) in enumerate(_data(3)):
+        for model, opt in zip((plain, kept), opts, strict=True):
+            if step == 1:
+                with torch.no_grad():
+                    model.fc1.weight.mul_(0.5)  # e.g. a rewind or a loaded checkpoint
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    torch.testing.assert_close(kept.fc1.weight, plain.fc1.weight, rtol=1e-5, atol=1e-6)

@@ -457,3 +457,17 @@ def test_masked_weight_outside_the_optimizer_keeps_its_gradient_masked() -> None
         train_step(model, optimizer, x, y)
         assert_masks_hold(model, masks, optimizer)
     assert torch.all(model.conv1.weight.grad[~masks["conv1.weight"]] == 0)
+
+
+def test_zero_pruned_converts_a_mask_once_per_mask_state() -> None:
+    from randsparse.sparsity.enforce import _multiplier, without_pruned, zero_pruned_
+
+    mask = torch.tensor([True, False, True, False])
+    first = _multiplier(mask, torch.float32)
+    assert _multiplier(mask, torch.float32) is first  # cached: no conversion per call
+    assert zero_pruned_(torch.ones(4), mask).tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert zero_pruned_(torch.ones(4, dtype=torch.float64), mask).dtype == torch.float64
+    mask[1] = True  # changed in place (as `update_masks` does): the cache follows
+    assert zero_pruned_(torch.ones(4), mask).tolist() == [1.0, 1.0, 1.0, 0.0]
+    grad = torch.tensor([float("nan"), 2.0, 3.0, float("inf")])
+    assert without_pruned(grad, mask)[1:].tolist() == [2.0, 3.0, 0.0]

@@ -42,7 +42,7 @@ from torch import nn
 from randsparse.accel.autograd import ConvPack, LinearPack, sparse_conv2d, sparse_linear
 from randsparse.accel.dispatch import SPARSE_MARGIN, Decision, measure_candidates
 from randsparse.errors import ConfigError
-from randsparse.sparsity.enforce import BUFFER_SUFFIX
+from randsparse.sparsity.enforce import BUFFER_SUFFIX, GRADIENT_PREMASKED, without_pruned
 
 log = logging.getLogger(__name__)
 
@@ -107,29 +107,42 @@ class LayerEngine:
         return None
 
     def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        out, sparse = self._forward(module, x)
+        # FixedMask's gradient hook need not mask again what only the sparse path computed (kept
+        # entries): True while every forward since the last gradient ran sparse (see GRADIENT_PREMASKED).
+        if not sparse:
+            module.__dict__[GRADIENT_PREMASKED] = False
+        else:
+            module.__dict__.setdefault(GRADIENT_PREMASKED, True)
+        return out
+
+    def _forward(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The layer's output on `x`, and whether the sparse path computed it."""
         dense = self.base.forward
         if self.mode == "dense":
-            return dense(module, x)
+            return dense(module, x), False
         reason = self._why_not(module, x)
         if reason is not None:
             self._fallback(reason)
-            return dense(module, x)
+            return dense(module, x), False
         mask = self.mask(module)
         assert mask is not None
         if self._mask_key != (id(mask), mask._version):
             self.repack(module)
         if self.mode == "sparse":
-            return self._sparse(module, x)
+            return self._sparse(module, x), True
         key = tuple(int(d) for d in x.shape)
         decision = self.decisions.get(key)
         if decision is None:
             if not (torch.is_grad_enabled() and module.weight.requires_grad):
-                return dense(module, x)  # no training step to measure: evaluation stays dense
+                return dense(module, x), False  # no training step to measure: evaluation stays dense
             decision = self._measure(module, x, mask)
             decision.key = key
             self.decisions[key] = decision
             log.debug("engine: %s %s: %s %s", self.name, key, decision.choice, decision.timings_ms)
-        return self._sparse(module, x) if decision.choice == "sparse" else dense(module, x)
+        if decision.choice == "sparse":
+            return self._sparse(module, x), True
+        return dense(module, x), False
 
     def _sparse(self, module: nn.Module, x: torch.Tensor, weight: Any = None, bias: Any = None) -> torch.Tensor:
         weight = module.weight if weight is None else weight
@@ -159,7 +172,7 @@ class LayerEngine:
                 out = F.linear(inputs, weight, bias)
             else:
                 out = module._conv_forward(inputs, weight, bias)  # type: ignore[operator]
-            weight.register_hook(lambda g: g * mask)
+            weight.register_hook(lambda g: without_pruned(g, mask))
             return out
 
         candidates = {
@@ -267,6 +280,7 @@ def remove_engine(model: nn.Module) -> None:
     for _, module, state in list(engaged(model)):
         module.__class__ = state.base
         del module.__dict__[_STATE]
+        module.__dict__.pop(GRADIENT_PREMASKED, None)  # a plain layer's gradient is masked by the hook again
 
 
 def repack(model: nn.Module) -> int:

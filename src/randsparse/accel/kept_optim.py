@@ -5,7 +5,8 @@ tensor (one float per kept weight) in place of each masked weight of a `torch.op
 or `AdamW`, so the update and the optimizer state (momentum, Adam moments) cost time and memory in
 proportion to the kept weights. The dense weight stays the model's parameter and the source of
 truth: before each step its kept entries and their gradients are gathered (O(kept)), after it the
-new values are written back (O(kept)) and its gradient dropped. Pruned entries are never touched,
+new values are written back (O(kept)) and its gradient dropped; the gather of the weights is skipped
+when the weight was not written since the last write-back (its version counter tells). Pruned entries are never touched,
 so they stay exactly zero, and `FixedMask`'s re-masking after the step has nothing dense left to do
 for these weights. The optimizer's ``state_dict()`` is the dense-shaped one of the plain optimizer
 (kept state scattered, zeros elsewhere) and ``load_state_dict()`` takes it, so checkpoints keep the
@@ -41,6 +42,7 @@ class _Kept:
         self.values = nn.Parameter(torch.empty(0, dtype=weight.dtype), requires_grad=True)
         self.index = torch.empty(0, dtype=torch.long)
         self.key: tuple[int, int] | None = None
+        self.synced: int | None = None  # the weight's version when `values` last equalled its kept entries
 
     def mask(self) -> torch.Tensor:
         return self.module._buffers[self.buffer]
@@ -56,6 +58,7 @@ class _Kept:
         self.index = mask.detach().reshape(-1).nonzero().squeeze(1).cpu()
         self.key = (id(mask), mask._version)
         self.values.data = self.weight.detach().reshape(-1)[self.index].clone()
+        self.synced = self.weight._version
         state.update({k: self.gather(v) for k, v in dense_state.items()})
 
     def scatter(self, value: Any) -> Any:
@@ -91,7 +94,7 @@ class KeptOptimizer:
             for entry in self.entries.values():
                 if not entry.current():
                     entry.reindex(optimizer.state.get(entry.values, {}))
-                else:
+                elif entry.weight._version != entry.synced:  # written since the last step (a load, a rewind)
                     torch.index_select(entry.weight.detach().reshape(-1), 0, entry.index, out=entry.values.data)
                 grad = entry.weight.grad
                 entry.values.grad = None if grad is None else torch.index_select(grad.reshape(-1), 0, entry.index)
@@ -100,6 +103,7 @@ class KeptOptimizer:
         with torch.no_grad():
             for entry in self.entries.values():
                 entry.weight.view(-1).index_copy_(0, entry.index, entry.values.detach())
+                entry.synced = entry.weight._version
                 entry.weight.grad = None
                 entry.values.grad = None
 

@@ -45,6 +45,48 @@ BUFFER_SUFFIX = "_randsparse_mask"
 # can be attached to the copy again.
 _ENFORCED: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
 
+# Each live bool mask's 0/1 copy in a float dtype, keyed by id(mask): (weak ref to the mask, its
+# version, the copy). An entry goes when its mask is freed, and is remade when the mask changes.
+_MULTIPLIERS: dict[tuple[int, torch.dtype], tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+def _multiplier(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`mask` as 0/1 values of `dtype`, converted once per mask state (another tensor, or an in-place change)."""
+    if mask.dtype == dtype:
+        return mask
+    key = (id(mask), dtype)
+    hit = _MULTIPLIERS.get(key)
+    if hit is not None and hit[0]() is mask and hit[1] == mask._version:
+        return hit[2]
+    value = mask.to(dtype)
+    _MULTIPLIERS[key] = (weakref.ref(mask, lambda _, key=key: _MULTIPLIERS.pop(key, None)), mask._version, value)
+    return value
+
+
+def zero_pruned_(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Set the entries of `tensor` that bool `mask` prunes to zero, in place; returns `tensor`.
+
+    Multiplying by a bool mask converts the whole mask on every call (for a 1024 x 1024 weight, a
+    pass and an allocation costing more than the multiply itself, at every optimizer step); this
+    multiplies by a float copy of the mask made once per mask state (it costs one weight's memory).
+    """
+    return tensor.mul_(_multiplier(mask, tensor.dtype))
+
+
+def without_pruned(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A copy of `grad` with the entries bool `mask` prunes set to zero (also where `grad` is NaN or inf).
+
+    `torch.where` reads the bool mask as it is: no conversion, one pass.
+    """
+    return torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+
+
+# A module whose ``__dict__`` holds this key set to True declares that the next gradient its masked
+# weights receive is already zero at every pruned position (the sparse training engine computes
+# only kept entries): the gradient hook then passes it through instead of masking it again. Whoever
+# sets it sets False when a forward computes a dense gradient; the hook consumes it (pops it).
+GRADIENT_PREMASKED = "_randsparse_gradient_premasked"
+
 
 class _GradMask:
     """Gradient hook of one masked weight: masks the gradient, first keeping a dense copy when asked."""
@@ -53,12 +95,15 @@ class _GradMask:
         self.handle, self.name, self.module, self.buffer = handle, name, module, buffer
 
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        premasked = self.module.__dict__.pop(GRADIENT_PREMASKED, False)
         dense = self.handle._dense
         if dense is not None:  # summed over the backward passes of one optimizer step (accumulation)
             kept = dense.get(self.name)
             dense[self.name] = grad.detach().clone() if kept is None else kept + grad.detach()
+        elif premasked:
+            return grad
         # Read the buffer at call time, so a later `.to(device)` of the model is honoured.
-        return grad * self.module._buffers[self.buffer]
+        return without_pruned(grad, self.module._buffers[self.buffer])
 
 
 class _UnfrozenWatch:
@@ -206,7 +251,7 @@ class FixedMask:
             mask = self._mask_of(p)
             for value in state.values():
                 if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                    value.mul_(mask)
+                    zero_pruned_(value, mask)
 
     def _mask_of(self, param: torch.Tensor) -> torch.Tensor:
         _, module, buffer = self._targets[id(param)]
@@ -216,9 +261,9 @@ class FixedMask:
     def _reapply(self, params: Iterable[torch.Tensor]) -> None:
         for p in params:
             mask = self._mask_of(p)
-            p.mul_(mask)
+            zero_pruned_(p, mask)
             if p.grad is not None:
-                p.grad.mul_(mask)
+                zero_pruned_(p.grad, mask)
 
     def remove(self, keep_buffers: bool = False) -> None:
         """Stop enforcing: drop every hook and (unless `keep_buffers`) the mask buffers."""

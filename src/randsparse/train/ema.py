@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from randsparse.errors import FileFormatError
-from randsparse.sparsity.enforce import BUFFER_SUFFIX
+from randsparse.sparsity.enforce import BUFFER_SUFFIX, zero_pruned_
 from randsparse.sparsity.layers import owning_module
 
 
@@ -52,7 +52,7 @@ class WeightEMA:
         for name, value in self.average.items():
             mask = _mask_of(model, name)
             if mask is not None:
-                value.mul_(mask)
+                zero_pruned_(value, mask)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The average by parameter name (what a checkpoint's ``ema`` holds)."""
