@@ -95,3 +95,17 @@ def test_bench_model_puts_the_thread_count_back() -> None:
 def test_bad_bench_arguments_are_config_errors(sparsities: list, batches: list, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         bench_model(bench_spec("mlp", width=0.05, image_size=4), sparsities, batches)
+
+
+def test_bench_layer_masks_each_masked_gradient_once_and_shares_no_leaves(monkeypatch) -> None:
+    """One masking hook on the masked layer's own weight: a hook per call would pile up over the
+    repeats, and a weight shared by the candidates would slow them all (SparseProp's layer aside)."""
+    from randsparse.accel import train_bench
+
+    calls = []
+    real = train_bench.without_pruned
+    monkeypatch.setattr(train_bench, "without_pruned", lambda g, m: calls.append(1) or real(g, m))
+    monkeypatch.setattr(train_bench, "sparseprop_module", lambda: None)
+    row = train_bench.bench_layer(train_bench.LayerShape("linear", 16, 8, 4), 0.5, repeats=3, warmup=1)
+    assert len(calls) == 4  # warm-up + repeats of the masked candidate only
+    assert row.sparseprop_ms is None and row.sparse_ms > 0

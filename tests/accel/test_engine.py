@@ -254,3 +254,26 @@ def test_the_kept_optimizer_picks_up_weights_written_between_steps() -> None:
             F.cross_entropy(model(x), y).backward()
             opt.step()
     torch.testing.assert_close(kept.fc1.weight, plain.fc1.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_measures_each_path_with_one_masking_hook_and_its_own_leaves(monkeypatch) -> None:
+    """A hook added per repeat would slow the dense path more at every repeat and bias the choice."""
+    from randsparse.accel import engine
+    from randsparse.accel.dispatch import Decision
+
+    masked_calls = []
+    real = engine.without_pruned
+    monkeypatch.setattr(engine, "without_pruned", lambda g, m: masked_calls.append(1) or real(g, m))
+
+    def five_each(candidates, x):
+        for _ in range(5):
+            for run in candidates.values():
+                run(x)
+        return Decision((), "dense"), None
+
+    monkeypatch.setattr(engine, "measure_candidates", five_each)
+    net, masks = _masked_net()
+    attach(net, masks)
+    use_engine(net, "auto")
+    net.fc1(torch.randn(4, 128, requires_grad=True))
+    assert len(masked_calls) == 5  # one masking per dense backward, none on the sparse path

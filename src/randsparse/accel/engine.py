@@ -152,36 +152,43 @@ class LayerEngine:
         return sparse_conv2d(x, weight, bias, self.pack)  # type: ignore[arg-type]
 
     def _measure(self, module: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> Decision:
-        """Forward+backward of dense (with the gradient masking `FixedMask` adds) and sparse on `x`, timed."""
-        weight = module.weight.detach().requires_grad_()
-        bias = None if module.bias is None else module.bias.detach().requires_grad_(module.bias.requires_grad)
-        inputs = x.detach().requires_grad_(x.requires_grad)
-        leaves = [t for t in (weight, bias, inputs) if t is not None and t.requires_grad]
+        """Forward+backward of dense (with the gradient masking `FixedMask` adds) and sparse on `x`, timed.
 
-        def step(compute: Any) -> Any:
+        Each path gets its own leaves (weight, bias, input), and the dense weight its one masking
+        hook, registered once: a hook added per call would pile up over the repeats and slow the
+        dense path down more at every repeat (and the sparse one too, through a shared weight).
+        """
+
+        def leaves() -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+            weight = module.weight.detach().clone().requires_grad_()
+            bias = (
+                None if module.bias is None else module.bias.detach().clone().requires_grad_(module.bias.requires_grad)
+            )
+            return weight, bias, x.detach().requires_grad_(x.requires_grad)
+
+        def step(compute: Any, tensors: tuple[torch.Tensor | None, ...]) -> Any:
+            trained = [t for t in tensors if t is not None and t.requires_grad]
+
             def run(_: torch.Tensor) -> None:
-                for leaf in leaves:
+                for leaf in trained:
                     leaf.grad = None
-                out = compute()
+                out = compute(*tensors)
                 out.backward(torch.ones_like(out))
 
             return run
 
-        def dense() -> torch.Tensor:  # the masked dense layer: the op, then FixedMask's gradient masking
+        def dense(weight: torch.Tensor, bias: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor:
             if self.kind == "linear":
-                out = F.linear(inputs, weight, bias)
-            else:
-                out = module._conv_forward(inputs, weight, bias)  # type: ignore[operator]
-            weight.register_hook(lambda g: without_pruned(g, mask))
-            return out
+                return F.linear(inputs, weight, bias)
+            return module._conv_forward(inputs, weight, bias)  # type: ignore[operator]
 
+        dense_leaves, sparse_leaves = leaves(), leaves()
+        dense_leaves[0].register_hook(lambda g: without_pruned(g, mask))  # FixedMask's gradient masking
         candidates = {
-            "dense": step(dense),
-            "sparse": step(lambda: self._sparse(module, inputs, weight, bias)),
+            "dense": step(dense, dense_leaves),
+            "sparse": step(lambda w, b, inputs: self._sparse(module, inputs, w, b), sparse_leaves),
         }
         decision, _ = measure_candidates(candidates, x)
-        for leaf in leaves:
-            leaf.grad = None
         return decision
 
     def report(self, module: nn.Module) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from randsparse.accel.kept_optim import AUTO_MAX_DENSITY, use_kept_optimizer
 from randsparse.evaluate.complexity import count_flops
 from randsparse.models import ModelSpec
 from randsparse.sparsity import attach, plan_sparsity
+from randsparse.sparsity.enforce import without_pruned
 
 
 @dataclass(frozen=True)
@@ -117,33 +118,35 @@ def bench_layer(shape: LayerShape, sparsity: float, repeats: int = 5, warmup: in
     mask = mask.view(weight.shape)
     with torch.no_grad():
         layer.weight.mul_(mask)
-    x.requires_grad_()
-    w = layer.weight.detach().clone().requires_grad_()
-    b = layer.bias.detach().clone().requires_grad_()
-    leaves = [x, w, b]
 
-    def dense_op(inp: torch.Tensor) -> torch.Tensor:
+    def leaves() -> list[torch.Tensor]:  # each candidate its own: hooks or gradients never shared
+        return [
+            x.detach().clone().requires_grad_(),
+            layer.weight.detach().clone().requires_grad_(),
+            layer.bias.detach().clone().requires_grad_(),
+        ]
+
+    def dense_op(inp: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return F.linear(inp, w, b) if shape.kind == "linear" else layer._conv_forward(inp, w, b)
 
-    def masked_op(inp: torch.Tensor) -> torch.Tensor:
-        w.register_hook(lambda g: g * mask)  # FixedMask's gradient masking; a fresh hook per call
-        return dense_op(inp)
-
+    dense, masked, sparse = leaves(), leaves(), leaves()
+    masked[1].register_hook(lambda g: without_pruned(g, mask))  # FixedMask's gradient masking, once
     if shape.kind == "linear":
         lin_pack = LinearPack(mask)
-        ours = _fwd_bwd(lambda inp: sparse_linear(inp, w, b, lin_pack), x, leaves)
+        ours = _fwd_bwd(lambda inp: sparse_linear(inp, sparse[1], sparse[2], lin_pack), sparse[0], sparse)
     else:
         conv_pack = ConvPack(layer, mask)
-        ours = _fwd_bwd(lambda inp: sparse_conv2d(inp, w, b, conv_pack), x, leaves)
+        ours = _fwd_bwd(lambda inp: sparse_conv2d(inp, sparse[1], sparse[2], conv_pack), sparse[0], sparse)
     candidates = {
-        "dense": _fwd_bwd(dense_op, x, leaves),
-        "masked": _fwd_bwd(masked_op, x, leaves),
+        "dense": _fwd_bwd(lambda inp: dense_op(inp, dense[1], dense[2]), dense[0], dense),
+        "masked": _fwd_bwd(lambda inp: dense_op(inp, masked[1], masked[2]), masked[0], masked),
         "sparse": ours,
     }
     modules = sparseprop_module()
     if modules is not None:
         for name, module in _sparseprop_layers(modules, layer).items():
-            candidates[name] = _fwd_bwd(module, x, [x, *module.parameters()])
+            inputs = x.detach().clone().requires_grad_()  # its input gradient is computed, as ours is
+            candidates[name] = _fwd_bwd(module, inputs, [inputs, *module.parameters()])
     times = time_interleaved(candidates, repeats, warmup)
     sparseprop_times = [t for name, t in times.items() if name.startswith("sparseprop")]
     return LayerRow(
