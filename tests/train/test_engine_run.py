@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-from randsparse.errors import ConfigError
 from randsparse.train import RunDir, config_hash, fit
 from randsparse.train.checkpoint import load_checkpoint
 from tests.train._runs import signal_after_first_epoch, tiny_config
@@ -73,9 +72,17 @@ def test_two_processes_train_with_the_sparse_engine(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("method", ["set", "rigl", "gmp"])
-@pytest.mark.parametrize("engine", ["sparse", "auto"])
-def test_a_moving_method_refuses_the_sparse_engine_in_one_line(method: str, engine: str) -> None:
-    # The engine packs the kept weights once; a method that moves masks would train stale packs.
-    with pytest.raises(ConfigError, match="does not yet follow masks that move") as info:
-        tiny_config(f"sparsity.method={method}", f"engine={engine}")
-    assert "\n" not in str(info.value)
+def test_a_moving_method_trains_the_same_model_with_the_sparse_engine(tmp_path, method: str) -> None:
+    """Masks that move re-pack the sparse layers and re-index the kept optimizer; RigL's dense-gradient
+    steps run masked dense. The masks and weights follow the masked dense run's."""
+    options = "{update_every: 2}" if method != "gmp" else "{update_every: 2, initial_sparsity: 0.5}"
+    common = ("epochs=1", f"sparsity.method={method}", f"sparsity.method_options={options}")
+    runs = {engine: tmp_path / engine for engine in ("dense", "sparse")}
+    summaries = {engine: fit(tiny_config(*common, f"engine={engine}"), out) for engine, out in runs.items()}
+    assert summaries["sparse"]["mask_change"] > 0
+    assert summaries["sparse"]["mask_updates"] == summaries["dense"]["mask_updates"] > 0
+    dense, sparse = (load_checkpoint(out / "checkpoints/last.pt") for out in runs.values())
+    for name, value in dense["model"].items():
+        torch.testing.assert_close(sparse["model"][name], value, rtol=1e-3, atol=1e-4, msg=name)
+    report = json.loads(RunDir(runs["sparse"]).engine_file.read_text())
+    assert all(layer["repacks"] > 1 for layer in report["layers"])  # re-packed after mask updates

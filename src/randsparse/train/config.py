@@ -142,18 +142,6 @@ class TrainConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _engine_follows_fixed_masks(self) -> TrainConfig:
-        """The sparse engine packs the kept weights once: it does not yet follow masks that move."""
-        from randsparse.sparsity.methods import get_method
-
-        if self.engine != "dense" and get_method(self.sparsity.method).dynamic:
-            raise ValueError(
-                f"engine={self.engine} does not yet follow masks that move (sparsity.method"
-                f" {self.sparsity.method}); use engine=dense"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _schedule_fits_the_run(self) -> TrainConfig:
         if self.schedule.warmup_epochs > self.epochs:
             raise ValueError(f"schedule.warmup_epochs ({self.schedule.warmup_epochs:g}) exceeds epochs ({self.epochs})")

@@ -22,12 +22,14 @@ RigL reads the dense gradient costs 2 × sparse + 1 × dense forward FLOPs inste
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from randsparse.accel.engine import dense_gradients
 from randsparse.evaluate.complexity import count_flops
 from randsparse.seeding import mix, seeded_generator
 from randsparse.sparsity import FixedMask, MaskSet, attach
@@ -66,6 +68,7 @@ class SparseTraining:
         self.epoch_updates = 0
         self.epoch_change_sum = 0.0
         self._macs = self._count_macs()
+        self._dense_layers = contextlib.ExitStack()  # the engine's layers run dense while it is open
 
     def _count_macs(self) -> tuple[int, int]:
         """(dense, sparse) MACs of one example's forward pass with the current masks (all dense without)."""
@@ -76,12 +79,25 @@ class SparseTraining:
         return (report.dense, report.sparse)
 
     def before_step(self, step: int) -> None:
-        """Before optimizer step `step`'s forward and backward: capture dense gradients when the method needs them."""
+        """Before optimizer step `step`'s forward and backward: capture dense gradients when the method needs them.
+
+        The sparse training engine computes the gradient of kept weights only, so such a step runs
+        every engaged layer masked dense (`randsparse.accel.engine.dense_gradients`) until `after_step`.
+        """
         if self.handle is not None:
-            self.handle.capture_dense_gradients(self.method.needs_dense_gradients(step))
+            needed = self.method.needs_dense_gradients(step)
+            self.handle.capture_dense_gradients(needed)
+            self._dense_layers.close()
+            if needed:
+                self._dense_layers.enter_context(dense_gradients(self.model))
 
     def after_step(self, step: int, examples: float) -> None:
-        """After optimizer step `step` (which trained on `examples` examples over all processes)."""
+        """After optimizer step `step` (which trained on `examples` examples over all processes).
+
+        A mask update re-packs the sparse engine's layers and re-indexes the kept-entries optimizer
+        (both notice the changed masks at their next use).
+        """
+        self._dense_layers.close()
         dense, sparse = self._macs
         dense_step = self.handle is not None and self.method.needs_dense_gradients(step)
         per_example = 2 * sparse + dense if dense_step else 3 * sparse
