@@ -21,6 +21,7 @@ WITH_VERDICT = [
     "sparse_conv_never_slower",
     "sparse_mlp_speedup",
     "sparse_roundtrip_all",
+    "train_end_to_end",
     "train_layers",
     "train_step",
     "train_throughput",
