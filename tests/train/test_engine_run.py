@@ -28,6 +28,10 @@ def test_an_auto_run_records_its_decisions(tmp_path) -> None:
     for layer in report["layers"]:
         assert layer["decisions"][0]["input"][0] == 64  # the real batch shape
         assert set(layer["decisions"][0]["fwd_bwd_ms"]) == {"dense", "sparse"}
+    checks = report["whole_model_checks"]  # auto's choices timed on the whole model, per batch shape
+    assert checks and checks[0]["input"][0] == 64
+    unforced = {layer["name"] for layer in report["layers"] if not layer["forced_dense"]}
+    assert unforced >= set(checks[-1].get("kept_sparse", []))
 
 
 @pytest.mark.parametrize(("first", "then"), [("sparse", "dense"), ("dense", "sparse")])

@@ -50,6 +50,8 @@ EngineMode = Literal["auto", "dense", "sparse"]
 ENGINES: tuple[str, ...] = ("auto", "dense", "sparse")
 # Where an engaged module keeps its engine (in its __dict__: not a submodule, not in the state dict).
 _STATE = "_randsparse_engine"
+# Where a model keeps the results of auto's whole-model checks (`randsparse.accel.auto_check`).
+WHOLE_MODEL_CHECKS = "_randsparse_auto_checks"
 
 
 def _autocast_on() -> bool:
@@ -72,6 +74,8 @@ class LayerEngine:
         self.repacks = 0
         self.pack: LinearPack | ConvPack | None = None
         self._mask_key: tuple[int, int] | None = None
+        self.last_choice: str | None = None  # the path ``auto`` took at the last forward
+        self.forced_dense = False  # set by the whole-model check (`randsparse.accel.auto_check`)
 
     def mask(self, module: nn.Module) -> torch.Tensor | None:
         return module._buffers.get("weight" + BUFFER_SUFFIX)
@@ -86,6 +90,7 @@ class LayerEngine:
         self.pack = LinearPack(cpu_mask) if self.kind == "linear" else ConvPack(module, cpu_mask)  # type: ignore[arg-type]
         self._mask_key = (id(mask), mask._version)
         self.decisions.clear()
+        self.forced_dense = False
         self.repacks += 1
 
     def _fallback(self, reason: str) -> None:
@@ -140,7 +145,8 @@ class LayerEngine:
             decision.key = key
             self.decisions[key] = decision
             log.debug("engine: %s %s: %s %s", self.name, key, decision.choice, decision.timings_ms)
-        if decision.choice == "sparse":
+        self.last_choice = "dense" if self.forced_dense else decision.choice
+        if self.last_choice == "sparse":
             return self._sparse(module, x), True
         return dense(module, x), False
 
@@ -204,6 +210,7 @@ class LayerEngine:
             "mode": self.mode,
             "repacks": self.repacks,
             "fallbacks": list(self.fallbacks),
+            "forced_dense": self.forced_dense,
             "decisions": [
                 {"input": list(key), "choice": d.choice, "fwd_bwd_ms": dict(d.timings_ms)}
                 for key, d in self.decisions.items()
@@ -327,4 +334,5 @@ def engine_report(model: nn.Module) -> dict[str, Any]:
         masked = type(module) in _ENGINE_CLASS and ("weight" + BUFFER_SUFFIX) in module._buffers
         if masked and name not in engaged_names:
             skipped.append({"name": name, "reason": _uncovered(module) or "engine off (dense) or not on the CPU"})
-    return {"sparse_margin": SPARSE_MARGIN, "layers": layers, "not_engaged": skipped}
+    checks = list(model.__dict__.get(WHOLE_MODEL_CHECKS, []))
+    return {"sparse_margin": SPARSE_MARGIN, "layers": layers, "not_engaged": skipped, "whole_model_checks": checks}

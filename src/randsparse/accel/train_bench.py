@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from randsparse.accel.auto_check import check_auto
 from randsparse.accel.autograd import ConvPack, LinearPack, sparse_conv2d, sparse_linear
 from randsparse.accel.bench import time_interleaved
 from randsparse.accel.engine import engine_report, use_engine
@@ -220,6 +221,8 @@ def bench_step(
             use_engine(model, "dense" if variant == "masked" else variant)
             if variant != "masked":  # as `fit` does for engine sparse/auto
                 use_kept_optimizer(model, opt, 1.0 if variant == "sparse" else AUTO_MAX_DENSITY)
+            if variant == "auto":  # as `fit` does before auto's first step on a batch shape
+                check_auto(model, x, y, F.cross_entropy)
         models[variant] = model
         steps[variant] = _step(model, opt, x, y)
     times = time_interleaved(steps, repeats, warmup)

@@ -19,6 +19,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 
+def first_micro_batch(inputs: torch.Tensor, targets: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first micro-batch `micro_batches` gives (the batch itself when `steps` is 1)."""
+    if steps == 1:
+        return inputs, targets
+    return inputs.tensor_split(steps)[0], targets.tensor_split(steps)[0]
+
+
 def micro_batches(
     net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, steps: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, float, Any]]:

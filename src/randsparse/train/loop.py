@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from randsparse.accel.auto_check import check_auto
 from randsparse.accel.engine import engine_report, use_engine
 from randsparse.accel.kept_optim import AUTO_MAX_DENSITY, use_kept_optimizer
 from randsparse.data import EpochBatchSampler, EpochSampler, dataset_info
@@ -32,7 +33,7 @@ from randsparse.errors import ConfigError, RandsparseError
 from randsparse.seeding import mix, seed_everything
 from randsparse.sparsity import MaskSet, masks_from_model
 from randsparse.train import precision
-from randsparse.train.accumulation import micro_batches
+from randsparse.train.accumulation import first_micro_batch, micro_batches
 from randsparse.train.checkpoint import Progress
 from randsparse.train.compiled import compiled
 from randsparse.train.config import TrainConfig
@@ -133,6 +134,8 @@ def _train_epoch(run: Run, loader: DataLoader, epoch: int, stop: StopRequest, ba
     every = config.checkpoint_every_steps
     for inputs, targets in loader:
         what = f"step {progress.global_step + 1}"
+        if config.engine == "auto" and run.amp_dtype is None:  # auto's choices, timed on the whole model
+            check_auto(run.model, *first_micro_batch(inputs, targets, config.optim.accumulate_steps), run.loss_fn)
         if run.sparse is not None:
             run.sparse.before_step(progress.global_step + 1)
         with dist.guard(what):
