@@ -228,7 +228,9 @@ def bench_step(
     times = time_interleaved(steps, repeats, warmup)
     flops = count_flops(base, input_shape, masks)
     layers = engine_report(models["auto"])["layers"]
-    sparse_layers = sum(1 for layer in layers if any(d["choice"] == "sparse" for d in layer["decisions"]))
+    sparse_layers = sum(  # after the whole-model check
+        1 for layer in layers if not layer["forced_dense"] and any(d["choice"] == "sparse" for d in layer["decisions"])
+    )
     return StepRow(
         label or spec.name,
         distribution,
