@@ -5,11 +5,12 @@ tensor (one float per kept weight) in place of each masked weight of a `torch.op
 or `AdamW`, so the update and the optimizer state (momentum, Adam moments) cost time and memory in
 proportion to the kept weights. The dense weight stays the model's parameter and the source of
 truth: before each step its kept entries and their gradients are gathered (O(kept)), after it the
-new values are written back (O(kept)) and its gradient dropped; the gather of the weights is skipped
-when the weight was not written since the last write-back (its version counter tells). Pruned entries are never touched,
-so they stay exactly zero, and `FixedMask`'s re-masking after the step has nothing dense left to do
-for these weights. The optimizer's ``state_dict()`` is the dense-shaped one of the plain optimizer
-(kept state scattered, zeros elsewhere) and ``load_state_dict()`` takes it, so checkpoints keep the
+new values are written back (O(kept)) and its gradient dropped; the gather of the weights is
+skipped when the weight was not written since the last write-back (its version counter tells).
+Pruned entries are never touched, so they stay exactly zero, and `FixedMask`'s re-masking after
+the step has nothing dense left to do for these weights. The optimizer's ``state_dict()`` is the
+dense-shaped one of the plain optimizer (kept state scattered, zeros elsewhere) and
+``load_state_dict()`` takes it, so checkpoints keep the
 standard format and resume with or without this.
 
 Measured (MLP 784-1024-1024-10 layers, SGD momentum + weight decay, 2 threads): the masked dense
