@@ -97,6 +97,44 @@ def test_conv_matches_masked_dense(stride, padding, dilation, groups, kernel, de
     )
 
 
+@pytest.mark.parametrize(
+    ("stride", "padding", "size"),
+    [(1, 1, 9), (2, 1, 13), (2, 0, 12), (1, 0, 9)],  # "same" stride 1; the transposed path
+)
+def test_weight_gradient_without_an_input_gradient(stride: int, padding: int, size: int) -> None:
+    """A first layer (input without gradient) still gets the weight gradient of the masked dense layer."""
+    layer = nn.Conv2d(3, 5, 3, stride=stride, padding=padding)
+    weight, mask = _masked(tuple(layer.weight.shape), 0.3, 2, dtype=torch.float32)
+    pack = ConvPack(layer, mask)
+    x = torch.randn(4, 3, size, size)
+    w_s, w_d = weight.clone().requires_grad_(), weight.clone().requires_grad_()
+    out_s, out_d = sparse_conv2d(x, w_s, None, pack), F.conv2d(x, w_d, None, stride, padding)
+    grad = torch.randn_like(out_d)
+    out_s.backward(grad)
+    out_d.backward(grad)
+    torch.testing.assert_close(w_s.grad, w_d.grad * mask, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_float32_conv_gradients_over_many_tiles(stride: int) -> None:
+    """Inputs whose gathered rows span several kernel tiles (2 048 positions) and channel blocks."""
+    layer = nn.Conv2d(8, 16, 3, stride=stride, padding=1)
+    weight, mask = _masked(tuple(layer.weight.shape), 0.2, 3, dtype=torch.float32)
+    pack = ConvPack(layer, mask)
+    x = torch.randn(16, 8, 24, 24)
+    sparse_in = _leaves(x, weight, layer.bias)
+    dense_in = _leaves(x, weight, layer.bias)
+    out_s = sparse_conv2d(*sparse_in, pack)
+    out_d = F.conv2d(*dense_in, stride, 1)
+    grad = torch.randn_like(out_d)
+    out_s.backward(grad)
+    out_d.backward(grad)
+    torch.testing.assert_close(out_s, out_d, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sparse_in[0].grad, dense_in[0].grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sparse_in[1].grad, dense_in[1].grad * mask, rtol=1e-4, atol=1e-3)
+    assert bool((sparse_in[1].grad[~mask] == 0).all())
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 9), st.integers(1, 9)),

@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from randsparse.accel import kernels
+from randsparse.accel import kernels, train_kernels
 from randsparse.accel.sparse_conv import SparseConv2d
 
 
@@ -133,7 +132,7 @@ class _SparseLinearFn(torch.autograd.Function):
             gx = gxt.t()
         if ctx.needs_input_grad[1]:
             gv = torch.empty(len(pack.slots.index), dtype=gy.dtype)
-            kernels.csr_sddmm(pack.rowptr, pack.cols, gyt.numpy(), xt.numpy(), gv.numpy())
+            train_kernels.csr_sddmm(pack.rowptr, pack.cols, gyt.numpy(), xt.numpy(), gv.numpy())
             gw = pack.slots.scatter(gv, weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gyt.sum(1)
@@ -159,11 +158,17 @@ def _flip_transpose(t: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 class ConvPack:
-    """Kept entries of a Conv2d weight, as the direct convolution takes them, for the conv and its transpose.
+    """Kept entries of a Conv2d weight, as the direct convolution takes them, for the conv and its transposes.
 
-    `forward_conv` computes the layer; `backward_conv` is the stride-1 convolution (dilation and
-    groups kept, taps flipped, channels swapped) that gives the input gradient from the output
-    gradient, zero-inserted by the stride and padded as `input_grad_padding` says.
+    `forward_conv` computes the layer. The input gradient comes one of two ways:
+
+    - stride 1 with "same" padding (2·padding = dilation·(kernel − 1)): `backward_conv`, the
+      convolution with the flipped, transposed kept weights, of the output gradient gathered with
+      the forward pass's geometry; that gathered gradient is, shifted, also the layout the weight
+      gradient reads, so one gather serves both;
+    - any other geometry (stride > 1 included): the transposed direct convolution
+      (`train_kernels.shifted_rows_sum`) writes the gradient of the forward pass's gathered input,
+      which `train_kernels.conv2d_scatter_input` puts back in (N, C, H, W): no zero insertion.
     """
 
     def __init__(self, layer: nn.Conv2d, mask: torch.Tensor) -> None:
@@ -172,23 +177,23 @@ class ConvPack:
         self.kernel_size = tuple(layer.kernel_size)
         self.in_channels, self.out_channels = int(layer.in_channels), int(layer.out_channels)
         shape = tuple(mask.shape)
-        zeros = torch.zeros(shape)
         self.forward_conv = SparseConv2d(
-            zeros, mask, None, self.stride, self.padding, self.dilation, self.groups, mode="sparse"
+            torch.zeros(shape), mask, None, self.stride, self.padding, self.dilation, self.groups, mode="sparse"
         )
         index = torch.arange(mask.numel()).view(shape)
         _, self.slots = _slots(index, mask)
-        mask_t = _flip_transpose(mask, self.groups)
-        self.slots_t = _slots(_flip_transpose(index, self.groups), mask_t)[1]
-        # Stride 1 with padding <= the reach of the kernel: the padding is the kernel's own.
         reach = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
-        self.direct_pad = self.stride == (1, 1) and all(r >= p for r, p in zip(reach, self.padding, strict=True))
-        pad = tuple(r - p for r, p in zip(reach, self.padding, strict=True)) if self.direct_pad else (0, 0)
-        self.backward_conv = SparseConv2d(
-            torch.zeros(mask_t.shape), mask_t, None, 1, pad, self.dilation, self.groups, mode="sparse"
-        )
+        self.same = self.stride == (1, 1) and all(r == 2 * p for r, p in zip(reach, self.padding, strict=True))
+        self.backward_conv: SparseConv2d | None = None
+        if self.same:
+            mask_t = _flip_transpose(mask, self.groups)
+            self.slots_t = _slots(_flip_transpose(index, self.groups), mask_t)[1]
+            self.backward_conv = SparseConv2d(
+                torch.zeros(mask_t.shape), mask_t, None, 1, self.padding, self.dilation, self.groups, mode="sparse"
+            )
         self.nnz = len(self.slots.kept)
         self._zeros: dict[tuple[int, torch.dtype], np.ndarray] = {}
+        self._transposed: dict[tuple[int, ...], _Transposed] = {}
 
     def zeros(self, n: int, dtype: torch.dtype) -> np.ndarray:
         """A cached zero bias of `n` entries."""
@@ -197,21 +202,70 @@ class ConvPack:
             self._zeros[key] = torch.zeros(n, dtype=dtype).numpy()
         return self._zeros[key]
 
-    def input_grad_source(self, gy: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """The output gradient laid out so that `backward_conv` of it is the input gradient (N, C, height, width)."""
-        if self.direct_pad:
-            return gy
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        (dh, dw), (kh, kw) = self.dilation, self.kernel_size
+    def transposed(self, plan: Any) -> _Transposed:
+        """The transposed direct convolution for the forward `plan` (cached per input shape)."""
+        key = (plan.n_img, plan.hq, plan.wq, plan.chan_len)
+        if key not in self._transposed:
+            self._transposed[key] = _Transposed(self, plan)
+        return self._transposed[key]
+
+
+class _Transposed:
+    """The transposed direct convolution: per row of the forward pass's gathered input, the kept weights reading it.
+
+    Kept weight j reads gathered row R_j at shift d_j (`plan.offsets[j] = R_j·chan_len + d_j`), so
+    the gradient of row R at u sums value_j · g_k(j)[u − d_j]. The output gradient is laid out with
+    `front` = max d_j leading zeros per channel row (`layout`), so every read is in bounds.
+    """
+
+    def __init__(self, pack: ConvPack, plan: Any) -> None:
+        conv = pack.forward_conv
+        rowptr = conv.rowptr.numpy()
+        real = pack.slots.real.numpy()
+        offsets = plan.offsets[real]
+        row_of = np.repeat(np.arange(pack.out_channels), np.diff(rowptr))[real]
+        gathered_row, shift = np.divmod(offsets, plan.chan_len)
+        self.front = int(shift.max()) if len(shift) else 0
+        self.cols = int(plan.chan_len)
+        self.row_len = self.front + self.cols
+        self.rows = pack.stride[0] * pack.stride[1] * pack.in_channels
+        order = np.argsort(gathered_row, kind="stable")
+        counts = np.bincount(gathered_row[order], minlength=self.rows)
+        flat = pack.slots.kept.numpy()[order]
+        source = row_of[order] * self.row_len + self.front - shift[order]
+        self.rowptr, padded_flat, self.offsets, is_real = kernels.pad_rows(
+            counts, flat, source.astype(np.int64), np.ones(len(flat), dtype=bool)
+        )
+        self.slots = _Slots(
+            torch.from_numpy(padded_flat),
+            torch.from_numpy(np.flatnonzero(~is_real)),
+            torch.from_numpy(np.flatnonzero(is_real)),
+            torch.from_numpy(flat),
+        )
+        threads = kernels.sync_threads()
+        self.tile = 2048
+        tiles = -(-self.cols // self.tile)
+        self.r_chunk = max(1, min(self.rows, -(-self.rows * tiles // (4 * threads)) // tiles or 1))
+
+    def layout(self, gy: torch.Tensor, plan: Any) -> torch.Tensor:
+        """`gy` (N, K, Ho, Wo) as (K, row_len): `front` zeros, then the forward pass's padded layout."""
         n, k, ho, wo = gy.shape
-        if (sh, sw) != (1, 1):
-            up = gy.new_zeros(n, k, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
-            up[:, :, ::sh, ::sw] = gy
-            gy = up
-        extra_h = height + 2 * ph - dh * (kh - 1) - 1 - (ho - 1) * sh
-        extra_w = width + 2 * pw - dw * (kw - 1) - 1 - (wo - 1) * sw
-        top, left = dh * (kh - 1) - ph, dw * (kw - 1) - pw
-        return F.pad(gy, (left, left + extra_w, top, top + extra_h))
+        rows = gy.new_zeros(k, self.row_len)
+        body = rows[:, self.front : self.front + n * plan.hq * plan.wq].view(k, n, plan.hq, plan.wq)
+        body[:, :, :ho, :wo] = gy.transpose(0, 1)
+        return rows
+
+    def input_grad(
+        self, rows: torch.Tensor, weight: torch.Tensor, pack: ConvPack, plan: Any, x_shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        """The input gradient (N, C, H, W) from the laid-out output gradient `rows`."""
+        grad_q = np.empty((self.rows, self.cols), dtype=rows.numpy().dtype)
+        vals = self.slots.values(weight).numpy()
+        source = rows.numpy().ravel()
+        train_kernels.shifted_rows_sum(source, self.rowptr, self.offsets, vals, grad_q, self.tile, self.r_chunk)
+        gx = torch.empty(tuple(x_shape), dtype=rows.dtype)
+        train_kernels.conv2d_scatter_input(grad_q, gx.numpy(), *pack.stride, *pack.padding, plan.hq, plan.wq)
+        return gx
 
 
 def _output_grad_layout(gy: torch.Tensor, hq: int, wq: int) -> torch.Tensor:
@@ -236,7 +290,7 @@ class _SparseConvFn(torch.autograd.Function):
         out = conv.direct(gathered, plan, vals.numpy(), b)
         ctx.pack, ctx.plan, ctx.gathered = pack, plan, gathered
         ctx.has_bias = bias is not None
-        ctx.input_hw = (int(x.shape[2]), int(x.shape[3]))
+        ctx.x_shape = tuple(x.shape)
         ctx.save_for_backward(weight)
         return out
 
@@ -244,28 +298,43 @@ class _SparseConvFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, gy: torch.Tensor):
         pack: ConvPack = ctx.pack
+        plan = ctx.plan
         (weight,) = ctx.saved_tensors
         gy = gy.contiguous()
         gx = gw = gb = None
+        # The output gradient in the padded layout of the forward plan, as one flat buffer: row k at
+        # base + k·stride. Built once for the input gradient and reused by the weight gradient.
+        grad_rows: np.ndarray | None = None
+        base = stride = 0
         if ctx.needs_input_grad[0]:
-            conv = pack.backward_conv
-            source = pack.input_grad_source(gy, *ctx.input_hw)
-            gathered, plan = conv.gather(source)
-            gx = conv.direct(
-                gathered, plan, pack.slots_t.values(weight).numpy(), pack.zeros(pack.in_channels, gy.dtype)
-            )
+            if pack.same:
+                conv = pack.backward_conv
+                gathered, plan_t = conv.gather(gy)
+                vals_t = pack.slots_t.values(weight).numpy()
+                gx = conv.direct(gathered, plan_t, vals_t, pack.zeros(pack.in_channels, gy.dtype))
+                # gathered row k holds gy[n, k] at (i + p_h, j + p_w) of the same hq × wq planes
+                grad_rows, stride = gathered.ravel(), plan_t.chan_len
+                base = pack.padding[0] * plan.wq + pack.padding[1]
+            else:
+                transposed = pack.transposed(plan)
+                rows = transposed.layout(gy, plan)
+                gx = transposed.input_grad(rows, weight, pack, plan, ctx.x_shape)
+                grad_rows, stride, base = rows.numpy().ravel(), transposed.row_len, transposed.front
         if ctx.needs_input_grad[1]:
-            plan = ctx.plan
-            gq = _output_grad_layout(gy, plan.hq, plan.wq)
+            if grad_rows is None:
+                grad_rows = _output_grad_layout(gy, plan.hq, plan.wq).numpy().ravel()
+                stride = plan.n_img * plan.hq * plan.wq
             length = (plan.n_img - 1) * plan.hq * plan.wq + plan.out_h * plan.wq
-            rows = ctx.gathered.shape[0]
-            piece = int(max(256, min(8192, _SDDMM_PIECE_BYTES // (gy.element_size() * rows))))
+            rows_in = ctx.gathered.shape[0]
+            piece = int(max(256, min(8192, _SDDMM_PIECE_BYTES // (gy.element_size() * rows_in))))
             threads = kernels.sync_threads()
             k_chunk = max(1, -(-pack.out_channels // (4 * threads)))
             gv = torch.empty(len(pack.slots.index), dtype=gy.dtype)
-            kernels.conv2d_sddmm(
+            train_kernels.conv2d_sddmm(
                 ctx.gathered,
-                gq.numpy(),
+                grad_rows,
+                stride,
+                base,
                 pack.forward_conv.rowptr.numpy(),
                 plan.offsets,
                 gv.numpy(),

@@ -1,4 +1,4 @@
-"""numba CPU kernels of sparse layers: CSR matrix products, a direct sparse 2-D convolution, their SDDMMs.
+"""numba CPU kernels of sparse layers: CSR matrix products and a direct sparse 2-D convolution.
 
 Every kernel takes the nonzeros of each output row (a Linear's output feature, a conv's output
 channel) padded to whole groups of `GROUP` entries; padding entries have value 0 and point at a
@@ -269,69 +269,3 @@ def conv2d_direct(xq, rowptr, offsets, vals, bias, out, tiles, k_chunk, wq, plan
                         for ow in range(wo):
                             q = r + ow
                             dst[ow] = acc[q] + ((v0 * s0[q] + v1 * s1[q]) + (v2 * s2[q] + v3 * s3[q]))
-
-
-# Sampled dense-dense products (SDDMM): the gradient of each kept weight only, for training.
-
-
-@njit(**_JIT_REDUCE)
-def csr_sddmm(rowptr, cols, gyt, xt, gv):  # pragma: no cover - compiled
-    """gv[j] = dot(gyt[o], xt[cols[j]]) for every nonzero j of row o: a sparse Linear's weight gradient.
-
-    `gyt` (out, batch) and `xt` (in, batch) are feature-major; padding entries get a value too
-    (their column is valid), which the caller ignores.
-    """
-    batch = xt.shape[1]
-    for o in prange(gyt.shape[0]):
-        g = gyt[o]
-        for j in range(rowptr[o], rowptr[o + 1], 4):
-            x0, x1, x2, x3 = _group_rows(xt, cols, j)
-            a0 = a1 = a2 = a3 = g[0] * 0
-            for b in range(batch):
-                gb = g[b]
-                a0 += gb * x0[b]
-                a1 += gb * x1[b]
-                a2 += gb * x2[b]
-                a3 += gb * x3[b]
-            gv[j] = a0
-            gv[j + 1] = a1
-            gv[j + 2] = a2
-            gv[j + 3] = a3
-
-
-@njit(**_JIT_REDUCE)
-def conv2d_sddmm(xq, gq, rowptr, offsets, gv, k_chunk, tile, length):  # pragma: no cover - compiled
-    """gv[j] = sum_p gq[k, p] * xf[offsets[j] + p] for every nonzero j of output channel k.
-
-    The weight gradient of a direct sparse convolution: `xq` is the input gathered as for
-    `conv2d_direct` and `gq` (out_channels, length) the output gradient in the same padded layout
-    (zero outside the valid outputs), so each kept weight's gradient is one contiguous dot product.
-    Tasks are blocks of `k_chunk` output channels; the positions are walked in `tile`-long pieces
-    so the gathered input of a piece stays in cache across the block's channels. Only the first
-    `length` positions of each row of `gq` (C-contiguous, so the loops vectorise) are read.
-    """
-    xf = xq.ravel()
-    n_out = gq.shape[0]
-    n_chunks = (n_out + k_chunk - 1) // k_chunk
-    for chunk in prange(n_chunks):
-        k0 = chunk * k_chunk
-        k1 = min(n_out, k0 + k_chunk)
-        for j in range(rowptr[k0], rowptr[k1]):
-            gv[j] = 0
-        for t0 in range(0, length, tile):
-            span = min(length, t0 + tile) - t0
-            for k in range(k0, k1):
-                g = gq[k, t0 : t0 + span]
-                for j in range(rowptr[k], rowptr[k + 1], 4):
-                    s0, s1, s2, s3 = _group_runs(xf, offsets, j, t0, span)
-                    a0 = a1 = a2 = a3 = g[0] * 0
-                    for q in range(span):
-                        gg = g[q]
-                        a0 += gg * s0[q]
-                        a1 += gg * s1[q]
-                        a2 += gg * s2[q]
-                        a3 += gg * s3[q]
-                    gv[j] += a0
-                    gv[j + 1] += a1
-                    gv[j + 2] += a2
-                    gv[j + 3] += a3

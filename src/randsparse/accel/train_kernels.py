@@ -1,0 +1,139 @@
+"""numba CPU kernels of sparse training's backward pass: weight-gradient SDDMMs and the transposed convolution.
+
+The forward kernels live in `randsparse.accel.kernels`; these take the same GROUP-padded rows
+(padding entries: value 0, a valid position) and the same gathered-input layout of the direct
+convolution, so one gathered input serves the forward pass, the weight gradient and, read
+backwards, the input gradient.
+"""
+
+from __future__ import annotations
+
+from numba import njit, prange
+
+from randsparse.accel.kernels import _JIT, _JIT_REDUCE, _group_rows, _group_runs, _group_values
+
+
+@njit(**_JIT_REDUCE)
+def csr_sddmm(rowptr, cols, gyt, xt, gv):  # pragma: no cover - compiled
+    """gv[j] = dot(gyt[o], xt[cols[j]]) for every nonzero j of row o: a sparse Linear's weight gradient.
+
+    `gyt` (out, batch) and `xt` (in, batch) are feature-major; padding entries get a value too
+    (their column is valid), which the caller ignores.
+    """
+    batch = xt.shape[1]
+    for o in prange(gyt.shape[0]):
+        g = gyt[o]
+        for j in range(rowptr[o], rowptr[o + 1], 4):
+            x0, x1, x2, x3 = _group_rows(xt, cols, j)
+            a0 = a1 = a2 = a3 = g[0] * 0
+            for b in range(batch):
+                gb = g[b]
+                a0 += gb * x0[b]
+                a1 += gb * x1[b]
+                a2 += gb * x2[b]
+                a3 += gb * x3[b]
+            gv[j] = a0
+            gv[j + 1] = a1
+            gv[j + 2] = a2
+            gv[j + 3] = a3
+
+
+@njit(**_JIT_REDUCE)
+def conv2d_sddmm(xq, gf, g_stride, g_base, rowptr, offsets, gv, k_chunk, tile, length):  # pragma: no cover
+    """gv[j] = sum_p gf[g_base + k*g_stride + p] * xf[offsets[j] + p], p < `length`, for every nonzero j of channel k.
+
+    The weight gradient of a direct sparse convolution: `xq` is the input gathered as for
+    `kernels.conv2d_direct`, and row k of the flat `gf` (from `g_base`, `g_stride` apart) the output
+    gradient of channel k in the same padded layout, zero outside the valid outputs, so each kept
+    weight's gradient is one contiguous dot product. Tasks are blocks of `k_chunk` output channels;
+    the positions are walked in `tile`-long pieces so the gathered input of a piece stays in cache
+    across the block's channels.
+    """
+    xf = xq.ravel()
+    n_out = len(rowptr) - 1
+    n_chunks = (n_out + k_chunk - 1) // k_chunk
+    for chunk in prange(n_chunks):
+        k0 = chunk * k_chunk
+        k1 = min(n_out, k0 + k_chunk)
+        for j in range(rowptr[k0], rowptr[k1]):
+            gv[j] = 0
+        for t0 in range(0, length, tile):
+            span = min(length, t0 + tile) - t0
+            for k in range(k0, k1):
+                start = g_base + k * g_stride + t0
+                g = gf[start : start + span]
+                for j in range(rowptr[k], rowptr[k + 1], 4):
+                    s0, s1, s2, s3 = _group_runs(xf, offsets, j, t0, span)
+                    a0 = a1 = a2 = a3 = g[0] * 0
+                    for q in range(span):
+                        gg = g[q]
+                        a0 += gg * s0[q]
+                        a1 += gg * s1[q]
+                        a2 += gg * s2[q]
+                        a3 += gg * s3[q]
+                    gv[j] += a0
+                    gv[j + 1] += a1
+                    gv[j + 2] += a2
+                    gv[j + 3] += a3
+
+
+@njit(**_JIT)
+def shifted_rows_sum(src, rowptr, offsets, vals, out, tile, r_chunk):  # pragma: no cover - compiled
+    """out[r, u] = sum_j vals[j] * src[offsets[j] + u] over the nonzeros j of row r: a transposed direct convolution.
+
+    With `src` the output gradient (rows of the padded layout, front-padded) and `offsets` the
+    transposed taps, `out` is the input gradient in the gathered layout of the forward pass, for
+    any stride: no zero insertion. Tasks are (`tile`-long stretch, block of `r_chunk` rows); each
+    row accumulates in place, `GROUP` nonzeros per pass (every row holds at least one group).
+    """
+    rows, cols = out.shape
+    n_tiles = (cols + tile - 1) // tile
+    n_chunks = (rows + r_chunk - 1) // r_chunk
+    for task in prange(n_tiles * n_chunks):
+        t = task // n_chunks
+        chunk = task - t * n_chunks
+        u0 = t * tile
+        span = min(cols, u0 + tile) - u0
+        for r in range(chunk * r_chunk, min(rows, (chunk + 1) * r_chunk)):
+            acc = out[r, u0 : u0 + span]
+            j0 = rowptr[r]
+            v0, v1, v2, v3 = _group_values(vals, j0)
+            s0, s1, s2, s3 = _group_runs(src, offsets, j0, u0, span)
+            for q in range(span):
+                acc[q] = (v0 * s0[q] + v1 * s1[q]) + (v2 * s2[q] + v3 * s3[q])
+            for j in range(j0 + 4, rowptr[r + 1], 4):
+                v0, v1, v2, v3 = _group_values(vals, j)
+                s0, s1, s2, s3 = _group_runs(src, offsets, j, u0, span)
+                for q in range(span):
+                    acc[q] += (v0 * s0[q] + v1 * s1[q]) + (v2 * s2[q] + v3 * s3[q])
+
+
+@njit(**_JIT)
+def conv2d_scatter_input(xq, x, stride_h, stride_w, pad_h, pad_w, hq, wq):  # pragma: no cover - compiled
+    """x[n, c, h, w] = the gathered-layout entry of input pixel (h, w): `kernels.conv2d_gather_input` read backwards.
+
+    Each padded input pixel has one place in the stride phases, so this is a permutation; pixels
+    past the planes (no output reads them) get 0.
+    """
+    n_img, channels, height, width = x.shape
+    plane = hq * wq
+    for task in prange(channels * n_img):
+        c = task // n_img
+        n = task - c * n_img
+        for h in range(height):
+            hp = h + pad_h
+            i = hp // stride_h
+            a = hp - i * stride_h
+            dst = x[n, c, h]
+            if i >= hq:
+                for w in range(width):
+                    dst[w] = 0.0
+                continue
+            for w in range(width):
+                wp = w + pad_w
+                jj = wp // stride_w
+                b = wp - jj * stride_w
+                if jj >= wq:
+                    dst[w] = 0.0
+                else:
+                    dst[w] = xq[(a * stride_w + b) * channels + c, n * plane + i * wq + jj]
