@@ -102,3 +102,22 @@ def test_the_check_leaves_weights_statistics_gradients_and_the_rng_as_they_were(
         assert torch.equal(value, before[name]), name  # BatchNorm statistics restored
     assert all(p.grad is None for p in net.parameters())
     assert net.training
+
+
+def test_a_repeat_check_does_not_walk_the_model_until_the_engine_changes(monkeypatch) -> None:
+    """check_auto runs before every training step: after the first, it finds its layers without a model walk."""
+    from randsparse.accel import engine
+
+    net = _auto_net()
+    x, y = _batch()
+    assert check_auto(net, x, y, F.cross_entropy) is not None
+    walks = []
+    real = engine.engaged
+    counting = lambda model: walks.append(1) or real(model)  # noqa: E731
+    monkeypatch.setattr(engine, "engaged", counting)
+    monkeypatch.setattr(auto_check, "engaged", counting, raising=False)
+    assert check_auto(net, x, y, F.cross_entropy) is None
+    assert walks == []
+    use_engine(net, "auto")  # re-engaged: a fresh list of layers, found by one walk
+    assert check_auto(net, x, y, F.cross_entropy) is not None
+    assert walks

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from randsparse.accel.dispatch import measure_candidates
-from randsparse.accel.engine import WHOLE_MODEL_CHECKS, LayerEngine, engaged
+from randsparse.accel.engine import WHOLE_MODEL_CHECKS, LayerEngine, engines
 from randsparse.sparsity.enforce import BUFFER_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def check_auto(
     all-reduce), `inputs` and `targets` one training (micro-)batch. Runs once per batch shape and
     set of packs; returns the check's record (also kept for `engine_report`).
     """
-    states = [state for _, _, state in engaged(model) if state.mode == "auto"]
+    states = [state for state in engines(model) if state.mode == "auto"]  # cached list: runs every step
     if not states or not torch.is_grad_enabled():
         return None
 

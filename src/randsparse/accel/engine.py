@@ -52,6 +52,8 @@ ENGINES: tuple[str, ...] = ("auto", "dense", "sparse")
 _STATE = "_randsparse_engine"
 # Where a model keeps the results of auto's whole-model checks (`randsparse.accel.auto_check`).
 WHOLE_MODEL_CHECKS = "_randsparse_auto_checks"
+_ENGINES = "_randsparse_engines"
+_GENERATION = [0]  # bumped by every use_engine/remove_engine: `engines` caches are stale after it
 
 
 def _autocast_on() -> bool:
@@ -184,9 +186,7 @@ class LayerEngine:
             return run
 
         def dense(weight: torch.Tensor, bias: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor:
-            if self.kind == "linear":
-                return F.linear(inputs, weight, bias)
-            return module._conv_forward(inputs, weight, bias)  # type: ignore[operator]
+            return dense_op(module, inputs, weight, bias)
 
         dense_leaves, sparse_leaves = leaves(), leaves()
         dense_leaves[0].register_hook(lambda g: without_pruned(g, mask))  # FixedMask's gradient masking
@@ -249,6 +249,25 @@ def _uncovered(module: nn.Module) -> str | None:
     return None
 
 
+def dense_op(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`module`'s own dense op (`F.linear`, or the conv's `_conv_forward`) with the given weight and bias."""
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
+    return module._conv_forward(x, weight, bias)  # type: ignore[operator]
+
+
+def engines(model: nn.Module) -> list[LayerEngine]:
+    """The engines of `model`'s engaged layers, cached on the model until `use_engine`/`remove_engine` next run.
+
+    For per-step callers: no walk over the model's modules.
+    """
+    cached = model.__dict__.get(_ENGINES)
+    if cached is None or cached[0] != _GENERATION[0]:
+        cached = (_GENERATION[0], [state for _, _, state in engaged(model)])
+        model.__dict__[_ENGINES] = cached
+    return cached[1]
+
+
 def engaged(model: nn.Module) -> Iterator[tuple[str, nn.Module, LayerEngine]]:
     """Every engaged layer of `model`: (qualified name, module, its engine)."""
     for name, module in model.named_modules():
@@ -267,6 +286,7 @@ def use_engine(model: nn.Module, mode: str) -> list[str]:
     """
     mode = check_engine(mode)
     remove_engine(model)
+    _GENERATION[0] += 1
     if mode == "dense":
         return []
     devices = {p.device.type for p in model.parameters()}
@@ -291,6 +311,7 @@ def use_engine(model: nn.Module, mode: str) -> list[str]:
 
 def remove_engine(model: nn.Module) -> None:
     """Put every engaged layer of `model` back to its plain class (the masked dense layer)."""
+    _GENERATION[0] += 1
     for _, module, state in list(engaged(model)):
         module.__class__ = state.base
         del module.__dict__[_STATE]

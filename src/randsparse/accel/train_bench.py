@@ -25,7 +25,7 @@ from torch import nn
 from randsparse.accel.auto_check import check_auto
 from randsparse.accel.autograd import ConvPack, LinearPack, sparse_conv2d, sparse_linear
 from randsparse.accel.bench import time_interleaved
-from randsparse.accel.engine import engine_report, use_engine
+from randsparse.accel.engine import dense_op, engine_report, use_engine
 from randsparse.accel.kept_optim import AUTO_MAX_DENSITY, use_kept_optimizer
 from randsparse.evaluate.complexity import count_flops
 from randsparse.models import ModelSpec
@@ -127,8 +127,8 @@ def bench_layer(shape: LayerShape, sparsity: float, repeats: int = 5, warmup: in
             layer.bias.detach().clone().requires_grad_(),
         ]
 
-    def dense_op(inp: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return F.linear(inp, w, b) if shape.kind == "linear" else layer._conv_forward(inp, w, b)
+    def masked_op(inp: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return dense_op(layer, inp, w, b)
 
     dense, masked, sparse = leaves(), leaves(), leaves()
     masked[1].register_hook(lambda g: without_pruned(g, mask))  # FixedMask's gradient masking, once
@@ -139,8 +139,8 @@ def bench_layer(shape: LayerShape, sparsity: float, repeats: int = 5, warmup: in
         conv_pack = ConvPack(layer, mask)
         ours = _fwd_bwd(lambda inp: sparse_conv2d(inp, sparse[1], sparse[2], conv_pack), sparse[0], sparse)
     candidates = {
-        "dense": _fwd_bwd(lambda inp: dense_op(inp, dense[1], dense[2]), dense[0], dense),
-        "masked": _fwd_bwd(lambda inp: dense_op(inp, masked[1], masked[2]), masked[0], masked),
+        "dense": _fwd_bwd(lambda inp: masked_op(inp, dense[1], dense[2]), dense[0], dense),
+        "masked": _fwd_bwd(lambda inp: masked_op(inp, masked[1], masked[2]), masked[0], masked),
         "sparse": ours,
     }
     modules = sparseprop_module()
