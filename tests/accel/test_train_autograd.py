@@ -135,6 +135,32 @@ def test_float32_conv_gradients_over_many_tiles(stride: int) -> None:
     assert bool((sparse_in[1].grad[~mask] == 0).all())
 
 
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "size", "batch"),
+    [
+        ((3, 3), (1, 1), (1, 1), 1),
+        ((3, 1), (2, 1), (2, 5), 3),
+        ((5, 3), (1, 3), (7, 3), 2),
+        ((1, 1), (1, 1), (8, 8), 2),
+    ],
+)
+def test_same_padding_convs_share_padding_bands(kernel, dilation, size, batch) -> None:
+    """ "Same" convs lay rows out with one shared band of zeros (`SparseConv2d._plan`): exact on tiny maps and tails."""
+    padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel, strict=True))
+    layer = nn.Conv2d(4, 6, kernel, padding=padding, dilation=dilation, groups=2).double()
+    weight, mask = _masked(tuple(layer.weight.shape), 0.5, 4)
+    pack = ConvPack(layer, mask)
+    x = torch.randn(batch, 4, *size, dtype=torch.float64)
+    sparse_in, dense_in = _leaves(x, weight, layer.bias), _leaves(x, weight, layer.bias)
+    _compare(
+        sparse_conv2d(*sparse_in, pack),
+        F.conv2d(*dense_in, 1, padding, dilation, 2),
+        sparse_in,
+        dense_in,
+        mask,
+    )
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 9), st.integers(1, 9)),

@@ -154,8 +154,15 @@ class SparseConv2d(SparseModule):
         out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         hq = out_h + (dh * (kh - 1)) // sh
         wq = out_w + (dw * (kw - 1)) // sw
+        tail = (dw * (kw - 1)) // sw + 1
+        if (sh, sw) == (1, 1) and (2 * ph, 2 * pw) == (dh * (kh - 1), dw * (kw - 1)):
+            # "same" padding: one band of zeros between rows (and between images) is the bottom/right
+            # padding of one and the top/left padding of the next, so no tap reads data across them
+            # (8×8 maps: 9×9 planes instead of 10×10). The last image reads a tail of zeros.
+            hq, wq = height + ph, width + pw
+            tail = ph * wq + pw + 1
         plane = hq * wq
-        chan_len = n_img * plane + (dw * (kw - 1)) // sw + 1
+        chan_len = n_img * plane + tail
         tap = self.tap.numpy().astype(np.int64)
         r, s = np.divmod(tap, kw)
         rr, ss = r * dh, s * dw
