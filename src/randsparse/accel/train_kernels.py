@@ -137,3 +137,25 @@ def conv2d_scatter_input(xq, x, stride_h, stride_w, pad_h, pad_w, hq, wq):  # pr
                     dst[w] = 0.0
                 else:
                     dst[w] = xq[(a * stride_w + b) * channels + c, n * plane + i * wq + jj]
+
+
+@njit(**_JIT)
+def gather_slots(src, position, out):  # pragma: no cover - compiled
+    """out[i] = src[position[i]], or 0 where position[i] < 0 (a padding slot): the packed values of a weight."""
+    for i in prange(len(position)):
+        p = position[i]
+        out[i] = src[p] if p >= 0 else 0
+
+
+@njit(**_JIT)
+def scatter_rows(rowptr, position, values, dense):  # pragma: no cover - compiled
+    """dense[position[j]] = values[j] for every real slot j (position >= 0), parallel over the slots' rows.
+
+    The dense-shaped weight gradient of a pack, written into zeros (`torch.zeros` fills them about
+    2.5x faster than a zeroing loop here: 0.22 vs 0.57 ms for a 1024×1024 gradient at 95 %).
+    """
+    for r in prange(len(rowptr) - 1):
+        for j in range(rowptr[r], rowptr[r + 1]):
+            p = position[j]
+            if p >= 0:
+                dense[p] = values[j]
