@@ -1,6 +1,6 @@
 """Sparse training layers: autograd functions whose forward and backward cost follows the kept weights.
 
-A *pack* holds the index structures of one masked weight, built once per mask (`pack_layer`;
+A *pack* holds the index structures of one masked weight, built once per mask (`LinearPack`, `ConvPack`;
 again after a mask change): the kept positions as the GROUP-padded CSR rows the inference kernels
 of `randsparse.accel.kernels` take, once for the weight and once for its transpose. The weight
 itself stays the layer's ordinary dense `nn.Parameter` (pruned entries zero, as `FixedMask` keeps
@@ -8,9 +8,9 @@ them), so the state dict, the optimizer, checkpoints and DDP see a plain layer. 
 
 - forward: the kept values are gathered from the weight (O(kept)) and multiplied by the input
   with the CSR kernels (`csr_matmat` for a Linear, the direct convolution for a Conv2d);
-- gradient w.r.t. the input: the same kernels with the transposed pack (for a conv: a stride-1
-  convolution of the output gradient, zero-inserted for stride > 1, with the flipped, transposed
-  kept weights);
+- gradient w.r.t. the input: the same kernels with the transposed pack (for a stride-1 "same"
+  conv: the convolution of the output gradient with the flipped, transposed kept weights; for any
+  other conv: the transposed direct convolution, `train_kernels.shifted_rows_sum`, no zero insertion);
 - gradient w.r.t. the weight: only the kept entries, as sampled dense-dense products
   (`csr_sddmm`, `conv2d_sddmm`), scattered into a dense-shaped gradient (pruned entries zero).
 
@@ -249,7 +249,8 @@ class _Transposed:
         threads = kernels.sync_threads()
         self.tile = 2048
         tiles = -(-self.cols // self.tile)
-        self.r_chunk = max(1, min(self.rows, -(-self.rows * tiles // (4 * threads)) // tiles or 1))
+        chunks = -(-4 * threads // tiles)  # (tile, row block) tasks: about 4 per thread, or one per tile
+        self.r_chunk = -(-self.rows // chunks)
 
     def layout(self, gy: torch.Tensor, plan: Any) -> torch.Tensor:
         """`gy` (N, K, Ho, Wo) as (K, row_len): `front` zeros, then the forward pass's padded layout."""
