@@ -256,6 +256,44 @@ def test_the_kept_optimizer_picks_up_weights_written_between_steps() -> None:
     torch.testing.assert_close(kept.fc1.weight, plain.fc1.weight, rtol=1e-5, atol=1e-6)
 
 
+def test_the_kept_optimizer_write_back_counts_as_a_write_to_the_weight() -> None:
+    """The write-back goes through NumPy; autograd's in-place check and version-keyed caches must still see it."""
+    net, masks = _masked_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    attach(net, masks, opt)
+    use_kept_optimizer(net, opt)
+    x, y = next(iter(_data(1)))
+    F.cross_entropy(net(x), y).backward()
+    before = net.fc1.weight._version
+    opt.step()
+    assert net.fc1.weight._version > before
+    loss = F.cross_entropy(net(x), y)  # saves the weight for backward ...
+    opt.step()  # ... then an (odd) step writes it before that backward
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_the_kept_optimizer_steps_weights_of_other_dtypes(dtype: torch.dtype) -> None:
+    """float64 takes the numba gathers, bfloat16 torch's own ops: both match the plain optimizer."""
+    net, masks = _masked_net()
+    net = net.to(dtype)
+    plain, kept = copy.deepcopy(net), copy.deepcopy(net)
+    opts = []
+    for model, use_kept in ((plain, False), (kept, True)):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        attach(model, masks, opt)
+        if use_kept:
+            assert use_kept_optimizer(model, opt) is not None
+        opts.append(opt)
+    for x, y in _data(3):
+        for model, opt in zip((plain, kept), opts, strict=True):
+            opt.zero_grad()
+            F.cross_entropy(model(x.to(dtype)).float(), y).backward()
+            opt.step()
+    torch.testing.assert_close(kept.fc1.weight, plain.fc1.weight)
+
+
 def test_auto_measures_each_path_with_one_masking_hook_and_its_own_leaves(monkeypatch) -> None:
     """A hook added per repeat would slow the dense path more at every repeat and bias the choice."""
     from randsparse.accel import engine

@@ -4,8 +4,9 @@
 tensor (one float per kept weight) in place of each masked weight of a `torch.optim.SGD`, `Adam`
 or `AdamW`, so the update and the optimizer state (momentum, Adam moments) cost time and memory in
 proportion to the kept weights. The dense weight stays the model's parameter and the source of
-truth: before each step its kept entries and their gradients are gathered (O(kept)), after it the
-new values are written back (O(kept)) and its gradient dropped; the gather of the weights is
+truth: before each step its kept entries and their gradients are gathered (O(kept), parallel numba
+gathers of `randsparse.accel.train_kernels`), after it the new values are written back (O(kept))
+and its gradient dropped; the gather of the weights is
 skipped when the weight was not written since the last write-back (its version counter tells).
 Pruned entries are never touched, so they stay exactly zero, and `FixedMask`'s re-masking after
 the step has nothing dense left to do for these weights. The optimizer's ``state_dict()`` is the
@@ -27,10 +28,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.graph import increment_version
 
+from randsparse.accel import train_kernels
 from randsparse.sparsity.enforce import BUFFER_SUFFIX
 
 _ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+_KERNEL_DTYPES = (torch.float32, torch.float64)  # what the numba gathers take; others use torch's ops
 
 
 class _Kept:
@@ -42,6 +46,7 @@ class _Kept:
         self.buffer = attr + BUFFER_SUFFIX
         self.values = nn.Parameter(torch.empty(0, dtype=weight.dtype), requires_grad=True)
         self.index = torch.empty(0, dtype=torch.long)
+        self.index_np = self.index.numpy()
         self.key: tuple[int, int] | None = None
         self.synced: int | None = None  # the weight's version when `values` last equalled its kept entries
 
@@ -57,10 +62,28 @@ class _Kept:
         mask = self.mask()
         dense_state = {k: self.scatter(v) for k, v in state.items()}
         self.index = mask.detach().reshape(-1).nonzero().squeeze(1).cpu()
+        self.index_np = self.index.numpy()
         self.key = (id(mask), mask._version)
         self.values.data = self.weight.detach().reshape(-1)[self.index].clone()
         self.synced = self.weight._version
         state.update({k: self.gather(v) for k, v in dense_state.items()})
+
+    def take(self, dense: torch.Tensor) -> torch.Tensor:
+        """The kept entries of a weight-shaped CPU tensor, in `index` order (a parallel gather, O(kept))."""
+        flat = dense.reshape(-1)
+        if not flat.is_contiguous() or flat.dtype not in _KERNEL_DTYPES:
+            return torch.index_select(flat, 0, self.index)
+        out = torch.empty(self.index.numel(), dtype=flat.dtype)
+        train_kernels.gather_slots(flat.numpy(), self.index_np, out.numpy())
+        return out
+
+    def put(self, values: torch.Tensor, dense: torch.Tensor) -> None:
+        """Write `values` (kept size) into the kept entries of the weight-shaped `dense`, in place."""
+        if not dense.is_contiguous() or dense.dtype not in _KERNEL_DTYPES:
+            dense.view(-1).scatter_(0, self.index, values)
+            return
+        train_kernels.scatter_at(self.index_np, values.contiguous().numpy(), dense.view(-1).numpy())
+        increment_version(dense)  # a write through NumPy: tell autograd's checks and version-keyed caches
 
     def scatter(self, value: Any) -> Any:
         """A kept-size state tensor as a weight-shaped one (zeros at pruned entries); others unchanged."""
@@ -96,14 +119,14 @@ class KeptOptimizer:
                 if not entry.current():
                     entry.reindex(optimizer.state.get(entry.values, {}))
                 elif entry.weight._version != entry.synced:  # written since the last step (a load, a rewind)
-                    torch.index_select(entry.weight.detach().reshape(-1), 0, entry.index, out=entry.values.data)
+                    entry.values.data = entry.take(entry.weight.detach())
                 grad = entry.weight.grad
-                entry.values.grad = None if grad is None else torch.index_select(grad.reshape(-1), 0, entry.index)
+                entry.values.grad = None if grad is None else entry.take(grad)
 
     def _after(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
             for entry in self.entries.values():
-                entry.weight.view(-1).scatter_(0, entry.index, entry.values.detach())  # 2x index_copy_'s speed
+                entry.put(entry.values.detach(), entry.weight.detach())
                 entry.synced = entry.weight._version
                 entry.weight.grad = None
                 entry.values.grad = None
