@@ -251,11 +251,7 @@ class _Transposed:
 
     def layout(self, gy: torch.Tensor, plan: Any) -> torch.Tensor:
         """`gy` (N, K, Ho, Wo) as (K, row_len): `front` zeros, then the forward pass's padded layout."""
-        n, k, ho, wo = gy.shape
-        rows = gy.new_zeros(k, self.row_len)
-        body = rows[:, self.front : self.front + n * plan.hq * plan.wq].view(k, n, plan.hq, plan.wq)
-        body[:, :, :ho, :wo] = gy.transpose(0, 1)
-        return rows
+        return _output_grad_layout(gy, plan.hq, plan.wq, self.front, self.row_len)
 
     def input_grad(
         self, rows: torch.Tensor, weight: torch.Tensor, pack: ConvPack, plan: Any, x_shape: tuple[int, ...]
@@ -270,12 +266,17 @@ class _Transposed:
         return gx
 
 
-def _output_grad_layout(gy: torch.Tensor, hq: int, wq: int) -> torch.Tensor:
-    """`gy` (N, K, Ho, Wo) as (K, N*hq*wq), zero outside the valid outputs: the layout `conv2d_sddmm` reads."""
+def _output_grad_layout(gy: torch.Tensor, hq: int, wq: int, front: int = 0, row_len: int = 0) -> torch.Tensor:
+    """`gy` (N, K, Ho, Wo) as (K, row_len), zero outside the valid outputs: the layout `conv2d_sddmm` reads.
+
+    Row k holds `front` zeros, then gy[n, k] at n·hq·wq + i·wq + j, then zeros up to `row_len`
+    (at least front + N·hq·wq; 0 means exactly that).
+    """
     n, k, ho, wo = gy.shape
-    gq = gy.new_zeros(k, n, hq, wq)
-    gq[:, :, :ho, :wo] = gy.transpose(0, 1)
-    return gq.view(k, n * hq * wq)
+    plane = n * hq * wq
+    rows = gy.new_zeros(k, max(row_len, front + plane))
+    rows[:, front : front + plane].view(k, n, hq, wq)[:, :, :ho, :wo] = gy.transpose(0, 1)
+    return rows
 
 
 # Positions per piece of the weight-gradient walk: the gathered input of a piece stays under this many bytes.

@@ -64,7 +64,7 @@ class _Kept:
         self.index = mask.detach().reshape(-1).nonzero().squeeze(1).cpu()
         self.index_np = self.index.numpy()
         self.key = (id(mask), mask._version)
-        self.values.data = self.weight.detach().reshape(-1)[self.index].clone()
+        self.values.data = self.take(self.weight.detach())
         self.synced = self.weight._version
         state.update({k: self.gather(v) for k, v in dense_state.items()})
 

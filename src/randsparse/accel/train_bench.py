@@ -127,9 +127,6 @@ def bench_layer(shape: LayerShape, sparsity: float, repeats: int = 5, warmup: in
             layer.bias.detach().clone().requires_grad_(),
         ]
 
-    def masked_op(inp: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return dense_op(layer, inp, w, b)
-
     dense, masked, sparse = leaves(), leaves(), leaves()
     masked[1].register_hook(lambda g: without_pruned(g, mask))  # FixedMask's gradient masking, once
     if shape.kind == "linear":
@@ -139,8 +136,8 @@ def bench_layer(shape: LayerShape, sparsity: float, repeats: int = 5, warmup: in
         conv_pack = ConvPack(layer, mask)
         ours = _fwd_bwd(lambda inp: sparse_conv2d(inp, sparse[1], sparse[2], conv_pack), sparse[0], sparse)
     candidates = {
-        "dense": _fwd_bwd(lambda inp: masked_op(inp, dense[1], dense[2]), dense[0], dense),
-        "masked": _fwd_bwd(lambda inp: masked_op(inp, masked[1], masked[2]), masked[0], masked),
+        "dense": _fwd_bwd(lambda inp: dense_op(layer, inp, dense[1], dense[2]), dense[0], dense),
+        "masked": _fwd_bwd(lambda inp: dense_op(layer, inp, masked[1], masked[2]), masked[0], masked),
         "sparse": ours,
     }
     modules = sparseprop_module()
