@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from randsparse.train.checkpoint import load_checkpoint
+from tests._cli import run as run_cli
 from tests.train._runs import tiny_config, write_config
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -143,18 +144,25 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path) -> None:
         ),
     ],
 )
-def test_bad_config_exits_2_with_one_line(tmp_path, args, fragments) -> None:
+def test_bad_config_exits_2_with_one_line(tmp_path, capsys, args, fragments) -> None:
+    # In-process (the CLI's own error handling); the real process's exit is checked below.
     config = write_config(tmp_path / "config.yaml", tiny_config())
     env_dir = tmp_path / "empty-data"
     env_dir.mkdir()
-    result = _run("--config", str(config), "--out", str(tmp_path / "run"), "--data-dir", str(env_dir), *args)
-    _assert_one_line_error(result, *fragments)
+    argv = ["train", "--config", str(config), "--out", str(tmp_path / "run"), "--data-dir", str(env_dir), *args]
+    code, _, err = run_cli(argv, capsys)
+    _assert_one_line_error(subprocess.CompletedProcess(argv, code, "", err), *fragments)
+    assert not (tmp_path / "run").exists()
 
 
-def test_missing_config_file_and_missing_resume_dir_exit_2(tmp_path) -> None:
-    _assert_one_line_error(_run("--config", str(tmp_path / "absent.yaml")), "absent.yaml")
-    _assert_one_line_error(_run("--resume", str(tmp_path / "nowhere")), "nothing to resume")
-    _assert_one_line_error(_run(), "--config")
+def test_missing_config_file_and_missing_resume_dir_exit_2(tmp_path, capsys) -> None:
+    _assert_one_line_error(_run("--config", str(tmp_path / "absent.yaml")), "absent.yaml")  # a real process
+    for argv, fragment in [
+        (["train", "--resume", str(tmp_path / "nowhere")], "nothing to resume"),
+        (["train"], "--config"),
+    ]:
+        code, _, err = run_cli(argv, capsys)
+        _assert_one_line_error(subprocess.CompletedProcess(argv, code, "", err), fragment)
 
 
 def test_corrupt_checkpoint_on_resume_exits_2_and_leaves_files_untouched(tmp_path) -> None:

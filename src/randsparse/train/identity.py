@@ -15,6 +15,7 @@ by an older release is still recognised (`run_ids`, `checkpoint_matches`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -62,6 +63,12 @@ def _without(data: dict[str, Any], excluded: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@functools.cache
+def _default(section: type[BaseModel], name: str) -> Any:
+    """The default of option `name` of `section` (its factory called once; compared with, never handed out)."""
+    return section.model_fields[name].get_default(call_default_factory=True)
+
+
 def _non_default(section: BaseModel) -> dict[str, Any]:
     """The JSON form of the options of `section` that differ from their defaults (empty sections dropped)."""
     dumped = section.model_dump(mode="json")
@@ -72,7 +79,7 @@ def _non_default(section: BaseModel) -> dict[str, Any]:
             inner = _non_default(value)
             if inner:
                 result[name] = inner
-        elif field.is_required() or value != field.get_default(call_default_factory=True):
+        elif field.is_required() or value != _default(type(section), name):
             result[name] = dumped[name]
     return result
 
