@@ -206,3 +206,53 @@ def test_an_in_place_op_may_follow_the_sparse_linear() -> None:
         dense_in,
         mask,
     )
+
+
+def _layer_and_pack(kind: str):
+    """A float32 sparse Linear or conv (weight, mask, pack, run) whose run(x) is the sparse op."""
+    if kind == "linear":
+        weight, mask = _masked((12, 20), 0.3, 5, torch.float32)
+        pack = LinearPack(mask)
+        return weight, mask, lambda x, w: sparse_linear(x, w, None, pack), torch.randn(6, 20)
+    layer = nn.Conv2d(5, 6, 3, padding=1, bias=False)
+    weight, mask = _masked(tuple(layer.weight.shape), 0.3, 6, torch.float32)
+    pack = ConvPack(layer, mask)
+    return weight, mask, lambda x, w: sparse_conv2d(x, w, None, pack), torch.randn(3, 5, 7, 7)
+
+
+def _dense_grad(kind: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, out_grad: torch.Tensor):
+    w = weight.clone().requires_grad_()
+    out = F.linear(x, w) if kind == "linear" else F.conv2d(x, w, padding=1)
+    out.backward(out_grad)
+    return w.grad * mask
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_weight_gradient_buffer_is_reused_only_once_no_tensor_holds_it(kind: str) -> None:
+    """A step writes the kept gradients into the buffer the last step's dropped gradient used (no zero fill);
+    while a gradient is still held, or accumulated into, the next one gets fresh memory."""
+    weight, mask, run, x = _layer_and_pack(kind)
+    w = weight.clone().requires_grad_()
+    grads = [torch.randn_like(run(x, w)) for _ in range(4)]
+    expected = [_dense_grad(kind, x, weight, mask, g) for g in grads]
+
+    run(x, w).backward(grads[0])
+    first = w.grad.data_ptr()
+    torch.testing.assert_close(w.grad, expected[0])
+    w.grad = None  # dropped, as the optimizer step or zero_grad(set_to_none=True) does
+    run(x, w).backward(grads[1])
+    assert w.grad.data_ptr() == first  # reused
+    torch.testing.assert_close(w.grad, expected[1])
+    assert bool((w.grad[~mask] == 0).all())
+
+    held = w.grad  # kept by the caller
+    held_copy = held.clone()
+    w.grad = None
+    run(x, w).backward(grads[2])
+    assert w.grad.data_ptr() != held.data_ptr()
+    torch.testing.assert_close(held, held_copy)  # untouched
+    torch.testing.assert_close(w.grad, expected[2])
+
+    run(x, w).backward(grads[3])  # accumulated into the last gradient, no zero_grad between
+    torch.testing.assert_close(w.grad, expected[2] + expected[3])
+    torch.testing.assert_close(held, held_copy)

@@ -19,7 +19,8 @@ float32 and float64 CPU tensors (float64 for gradient checks); first-order gradi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,10 @@ from torch.autograd.function import once_differentiable
 
 from randsparse.accel import kernels, train_kernels
 from randsparse.accel.sparse_conv import SparseConv2d
+
+# References to a gradient buffer that `_Slots.scatter` itself holds while checking it (the attribute,
+# its local name and `sys.getrefcount`'s argument): one more means a gradient tensor still uses it.
+_OWN_REFERENCES = 3
 
 
 @dataclass
@@ -42,6 +47,9 @@ class _Slots:
     real: torch.Tensor  # int64 positions of the real slots
     kept: torch.Tensor  # int64 flat weight positions of the real slots, in slot order
     position: np.ndarray  # int64, per padded slot: flat position in the weight, -1 for padding
+    # per padded slot: its slot in the forward pass's slots (`follow`), -1 for padding
+    source: np.ndarray | None = field(default=None, repr=False)
+    _grad: np.ndarray | None = field(default=None, repr=False)
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:
         """The padded values of `weight` in slot order (O(kept))."""
@@ -49,11 +57,46 @@ class _Slots:
         train_kernels.gather_slots(weight.detach().reshape(-1).numpy(), self.position, out.numpy())
         return out
 
+    def follow(self, forward: _Slots) -> _Slots:
+        """Record where each slot's entry sits in `forward`'s padded values (`values_from`); returns self."""
+        kept = forward.kept.numpy()
+        order = np.argsort(kept, kind="stable")
+        real = self.position >= 0
+        self.source = np.full(len(self.position), -1, dtype=np.int64)
+        found = order[np.searchsorted(kept[order], self.position[real])]
+        self.source[real] = forward.real.numpy()[found]
+        return self
+
+    def values_from(self, forward_values: torch.Tensor) -> torch.Tensor:
+        """The padded values in slot order from the forward pass's padded values (O(kept), cache-resident).
+
+        Used by the backward pass instead of a second gather from the dense weight; needs `follow`.
+        """
+        assert self.source is not None, "follow() first"
+        out = torch.empty(len(self.source), dtype=forward_values.dtype)
+        train_kernels.gather_slots(forward_values.numpy(), self.source, out.numpy())
+        return out
+
     def scatter(self, grads: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """A dense gradient shaped like `weight`: `grads` (per padded slot) at the kept positions, zero elsewhere."""
-        dense = torch.zeros(weight.numel(), dtype=grads.dtype)
-        train_kernels.scatter_at(self.position, grads.numpy(), dense.numpy())
-        return dense.view(weight.shape)
+        """A dense gradient shaped like `weight`: `grads` (per padded slot) at the kept positions, zero elsewhere.
+
+        The gradient is written into a buffer kept here, zero outside the kept positions, which is
+        reused once no tensor uses it any more (the usual case: the optimizer step or `zero_grad`
+        dropped the last gradient), so a step writes O(kept) entries instead of zero-filling the
+        whole weight. While the last gradient is still held (accumulation over micro-batches, a
+        reference kept by the caller), a fresh zeroed buffer is taken instead. Writing non-zeros
+        into the pruned entries of a weight's ``.grad`` in place is not supported (nothing in
+        torch's optimizers, clipping, AMP scaling or DDP's averaging does).
+        """
+        values = grads.numpy()
+        buf = self._grad
+        if buf is None or buf.dtype != values.dtype or sys.getrefcount(buf) > _OWN_REFERENCES:
+            buf = self._grad = np.zeros(weight.numel(), dtype=values.dtype)
+        train_kernels.scatter_at(self.position, values, buf)
+        # A view of the tensor wrapping the buffer: two tensors on one storage, so autograd never sums
+        # another gradient of this weight (a dense forward in the same step) into the buffer in place;
+        # it does that only into memory no other tensor uses.
+        return torch.from_numpy(buf).view(weight.shape)
 
 
 def _make_slots(counts: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, _Slots]:
@@ -94,6 +137,7 @@ class LinearPack:
         index = torch.arange(mask.numel()).view(self.shape)
         rowptr, self.slots = _slots(index, mask)
         rowptr_t, self.slots_t = _slots(index.t(), mask.t())
+        self.slots_t.follow(self.slots)
         self.rowptr = rowptr
         self.cols = (self.slots.index % self.shape[1]).to(torch.int32).numpy()
         self.rowptr_t = rowptr_t
@@ -122,18 +166,18 @@ class _SparseLinearFn(torch.autograd.Function):
         kernels.csr_matmat(pack.rowptr, pack.cols, vals.numpy(), b, xt.numpy(), y.t().numpy())
         ctx.pack = pack
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(xt, weight)
+        ctx.save_for_backward(xt, weight, vals)  # the weight only for autograd's in-place-write check
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, gy: torch.Tensor):
         pack: LinearPack = ctx.pack
-        xt, weight = ctx.saved_tensors
+        xt, weight, vals = ctx.saved_tensors
         gyt = _feature_major(gy)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            vals_t = pack.slots_t.values(weight)
+            vals_t = pack.slots_t.values_from(vals)
             gxt = torch.empty(pack.shape[1], gy.shape[0], dtype=gy.dtype)
             zeros = pack.zeros(pack.shape[1], gy.dtype)
             kernels.csr_matmat(pack.rowptr_t, pack.cols_t, vals_t.numpy(), zeros, gyt.numpy(), gxt.numpy())
@@ -195,7 +239,7 @@ class ConvPack:
         self.backward_conv: SparseConv2d | None = None
         if self.same:
             mask_t = _flip_transpose(mask, self.groups)
-            self.slots_t = _slots(_flip_transpose(index, self.groups), mask_t)[1]
+            self.slots_t = _slots(_flip_transpose(index, self.groups), mask_t)[1].follow(self.slots)
             self.backward_conv = SparseConv2d(
                 torch.zeros(mask_t.shape), mask_t, None, 1, self.padding, self.dilation, self.groups, mode="sparse"
             )
@@ -242,6 +286,7 @@ class _Transposed:
         flat = pack.slots.kept.numpy()[order]
         source = row_of[order] * self.row_len + self.front - shift[order]
         self.rowptr, self.slots = _make_slots(counts, flat)
+        self.slots.follow(pack.slots)
         self.offsets = kernels.pad_rows(counts, source.astype(np.int64))[1]
         threads = kernels.sync_threads()
         self.tile = 2048
@@ -254,11 +299,11 @@ class _Transposed:
         return _output_grad_layout(gy, plan.hq, plan.wq, self.front, self.row_len)
 
     def input_grad(
-        self, rows: torch.Tensor, weight: torch.Tensor, pack: ConvPack, plan: Any, x_shape: tuple[int, ...]
+        self, rows: torch.Tensor, values: torch.Tensor, pack: ConvPack, plan: Any, x_shape: tuple[int, ...]
     ) -> torch.Tensor:
-        """The input gradient (N, C, H, W) from the laid-out output gradient `rows`."""
+        """The input gradient (N, C, H, W) from the laid-out output gradient `rows` and the forward pass's `values`."""
         grad_q = np.empty((self.rows, self.cols), dtype=rows.numpy().dtype)
-        vals = self.slots.values(weight).numpy()
+        vals = self.slots.values_from(values).numpy()
         source = rows.numpy().ravel()
         train_kernels.shifted_rows_sum(source, self.rowptr, self.offsets, vals, grad_q, self.tile, self.r_chunk)
         gx = torch.empty(tuple(x_shape), dtype=rows.dtype)
@@ -294,7 +339,7 @@ class _SparseConvFn(torch.autograd.Function):
         ctx.pack, ctx.plan, ctx.gathered = pack, plan, gathered
         ctx.has_bias = bias is not None
         ctx.x_shape = tuple(x.shape)
-        ctx.save_for_backward(weight)
+        ctx.save_for_backward(weight, vals)  # the weight only for autograd's in-place-write check
         return out
 
     @staticmethod
@@ -302,7 +347,7 @@ class _SparseConvFn(torch.autograd.Function):
     def backward(ctx: Any, gy: torch.Tensor):
         pack: ConvPack = ctx.pack
         plan = ctx.plan
-        (weight,) = ctx.saved_tensors
+        weight, vals = ctx.saved_tensors
         gy = gy.contiguous()
         gx = gw = gb = None
         # The output gradient in the padded layout of the forward plan, as one flat buffer: row k at
@@ -313,7 +358,7 @@ class _SparseConvFn(torch.autograd.Function):
             if pack.same:
                 conv = pack.backward_conv
                 gathered, plan_t = conv.gather(gy)
-                vals_t = pack.slots_t.values(weight).numpy()
+                vals_t = pack.slots_t.values_from(vals).numpy()
                 gx = conv.direct(gathered, plan_t, vals_t, pack.zeros(pack.in_channels, gy.dtype))
                 # gathered row k holds gy[n, k] at (i + p_h, j + p_w) of the same hq × wq planes
                 grad_rows, stride = gathered.ravel(), plan_t.chan_len
@@ -321,7 +366,7 @@ class _SparseConvFn(torch.autograd.Function):
             else:
                 transposed = pack.transposed(plan)
                 rows = transposed.layout(gy, plan)
-                gx = transposed.input_grad(rows, weight, pack, plan, ctx.x_shape)
+                gx = transposed.input_grad(rows, vals, pack, plan, ctx.x_shape)
                 grad_rows, stride, base = rows.numpy().ravel(), transposed.row_len, transposed.front
         if ctx.needs_input_grad[1]:
             if grad_rows is None:
