@@ -45,3 +45,45 @@ def test_transpose_equals_torch_transpose_for_ragged_shapes() -> None:
     out = torch.empty(21, 37)
     kernels.transpose(x.numpy(), out.numpy())
     assert torch.equal(out, x.t())
+
+
+def _phase_index(n_img, channels, height, width, stride, pad, hq, wq):
+    """For every input pixel (n, c, h, w): its (row, column) in the phase layout, and whether it lies in the planes."""
+    n, c, h, w = np.meshgrid(*(np.arange(d) for d in (n_img, channels, height, width)), indexing="ij")
+    i, a = np.divmod(h + pad, stride)
+    j, b = np.divmod(w + pad, stride)
+    inside = (i < hq) & (j < wq)
+    row = (a * stride + b) * channels + c
+    col = n * hq * wq + np.minimum(i, hq - 1) * wq + np.minimum(j, wq - 1)
+    return row, col, inside
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    stride=st.integers(1, 3),
+    pad=st.integers(0, 2),
+    size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    reach=st.integers(0, 2),
+    n_img=st.integers(1, 3),
+)
+def test_gather_input_and_its_inverse_against_numpy(stride, pad, size, reach, n_img) -> None:
+    """`conv2d_gather_input` puts each pixel at its phase position (zeros elsewhere); `conv2d_scatter_input`
+    reads it back, zero for pixels past the planes."""
+    from randsparse.accel import train_kernels
+
+    height, width = size
+    channels = 2
+    hq = max(1, (height + 2 * pad - reach - 1) // stride + 1 + reach // stride)
+    wq = max(1, (width + 2 * pad - reach - 1) // stride + 1 + reach // stride)
+    chan_len = n_img * hq * wq + 3
+    x = np.random.default_rng(0).standard_normal((n_img, channels, height, width)).astype(np.float32) + 5
+    xq = np.full((stride * stride * channels, chan_len), np.nan, dtype=np.float32)
+    kernels.conv2d_gather_input(x, xq, stride, stride, pad, pad, hq, wq)
+    row, col, inside = _phase_index(n_img, channels, height, width, stride, pad, hq, wq)
+    expected = np.zeros_like(xq)
+    expected[row[inside], col[inside]] = x[inside]
+    np.testing.assert_array_equal(xq, expected)  # every slot written: pixels, or zeros for padding and tail
+
+    back = np.full_like(x, np.nan)
+    train_kernels.conv2d_scatter_input(xq, back, stride, stride, pad, pad, hq, wq)
+    np.testing.assert_array_equal(back, np.where(inside, x, 0))

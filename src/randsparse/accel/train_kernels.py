@@ -8,6 +8,7 @@ backwards, the input gradient.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 from randsparse.accel.kernels import _JIT, _JIT_REDUCE, _group_rows, _group_runs, _group_values
@@ -110,10 +111,13 @@ def conv2d_scatter_input(xq, x, stride_h, stride_w, pad_h, pad_w, hq, wq):  # pr
     """x[n, c, h, w] = the gathered-layout entry of input pixel (h, w): `kernels.conv2d_gather_input` read backwards.
 
     Each padded input pixel has one place in the stride phases, so this is a permutation; pixels
-    past the planes (no output reads them) get 0.
+    past the planes (no output reads them) get 0. An input row is written phase by phase: the
+    pixels of phase b are every `stride_w`-th one, read from one contiguous run of that phase's row
+    (unsigned indices, so the loop has no wraparound checks).
     """
     n_img, channels, height, width = x.shape
     plane = hq * wq
+    reach = min(width, wq * stride_w - pad_w)  # pixels from here on are past the planes
     for task in prange(channels * n_img):
         c = task // n_img
         n = task - c * n_img
@@ -126,14 +130,18 @@ def conv2d_scatter_input(xq, x, stride_h, stride_w, pad_h, pad_w, hq, wq):  # pr
                 for w in range(width):
                     dst[w] = 0.0
                 continue
-            for w in range(width):
-                wp = w + pad_w
-                jj = wp // stride_w
-                b = wp - jj * stride_w
-                if jj >= wq:
-                    dst[w] = 0.0
-                else:
-                    dst[w] = xq[(a * stride_w + b) * channels + c, n * plane + i * wq + jj]
+            for b in range(stride_w):
+                first = (b - pad_w) % stride_w  # the first pixel of phase b
+                if first >= reach:
+                    continue
+                src = xq[(a * stride_w + b) * channels + c]
+                start = np.uint64(n * plane + i * wq + (first + pad_w) // stride_w)
+                step = np.uint64(stride_w)
+                w0 = np.uint64(first)
+                for t in range(np.uint64((reach - first + stride_w - 1) // stride_w)):
+                    dst[w0 + t * step] = src[start + t]
+            for w in range(max(reach, 0), width):
+                dst[w] = 0.0
 
 
 @njit(**_JIT)
