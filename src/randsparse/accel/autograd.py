@@ -166,6 +166,9 @@ class _SparseLinearFn(torch.autograd.Function):
         kernels.csr_matmat(pack.rowptr, pack.cols, vals.numpy(), b, xt.numpy(), y.t().numpy())
         ctx.pack = pack
         ctx.has_bias = bias is not None
+        # A leaf input's gradient becomes its .grad, which autograd copies to the input's (batch-major)
+        # layout; the backward pass then writes it so with the blocked transpose instead.
+        ctx.leaf_input = x.requires_grad and x.grad_fn is None and x.is_contiguous()
         ctx.save_for_backward(xt, weight, vals)  # the weight only for autograd's in-place-write check
         return y
 
@@ -182,6 +185,9 @@ class _SparseLinearFn(torch.autograd.Function):
             zeros = pack.zeros(pack.shape[1], gy.dtype)
             kernels.csr_matmat(pack.rowptr_t, pack.cols_t, vals_t.numpy(), zeros, gyt.numpy(), gxt.numpy())
             gx = gxt.t()
+            if ctx.leaf_input:
+                gx = torch.empty(gy.shape[0], pack.shape[1], dtype=gy.dtype)
+                kernels.transpose(gxt.numpy(), gx.numpy())
         if ctx.needs_input_grad[1]:
             gv = torch.empty(len(pack.slots.index), dtype=gy.dtype)
             train_kernels.csr_sddmm(pack.rowptr, pack.cols, gyt.numpy(), xt.numpy(), gv.numpy())
