@@ -102,17 +102,20 @@ def test_conv_matches_masked_dense(stride, padding, dilation, groups, kernel, de
     [(1, 1, 9), (2, 1, 13), (2, 0, 12), (1, 0, 9)],  # "same" stride 1; the transposed path
 )
 def test_weight_gradient_without_an_input_gradient(stride: int, padding: int, size: int) -> None:
-    """A first layer (input without gradient) still gets the weight gradient of the masked dense layer."""
+    """A first layer (input without gradient) still gets the weight and bias gradients of the masked dense layer."""
     layer = nn.Conv2d(3, 5, 3, stride=stride, padding=padding)
     weight, mask = _masked(tuple(layer.weight.shape), 0.3, 2, dtype=torch.float32)
     pack = ConvPack(layer, mask)
     x = torch.randn(4, 3, size, size)
     w_s, w_d = weight.clone().requires_grad_(), weight.clone().requires_grad_()
-    out_s, out_d = sparse_conv2d(x, w_s, None, pack), F.conv2d(x, w_d, None, stride, padding)
+    b_s = torch.randn(5).requires_grad_()
+    b_d = b_s.detach().clone().requires_grad_()
+    out_s, out_d = sparse_conv2d(x, w_s, b_s, pack), F.conv2d(x, w_d, b_d, stride, padding)
     grad = torch.randn_like(out_d)
     out_s.backward(grad)
     out_d.backward(grad)
     torch.testing.assert_close(w_s.grad, w_d.grad * mask, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b_s.grad, b_d.grad, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

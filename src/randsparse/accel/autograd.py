@@ -8,11 +8,13 @@ them), so the state dict, the optimizer, checkpoints and DDP see a plain layer. 
 
 - forward: the kept values are gathered from the weight (O(kept)) and multiplied by the input
   with the CSR kernels (`csr_matmat` for a Linear, the direct convolution for a Conv2d);
-- gradient w.r.t. the input: the same kernels with the transposed pack (for a stride-1 "same"
+- gradient w.r.t. the input: the same kernels with the transposed pack, whose values are the
+  forward pass's packed values permuted (for a stride-1 "same"
   conv: the convolution of the output gradient with the flipped, transposed kept weights; for any
   other conv: the transposed direct convolution, `train_kernels.shifted_rows_sum`, no zero insertion);
 - gradient w.r.t. the weight: only the kept entries, as sampled dense-dense products
-  (`csr_sddmm`, `conv2d_sddmm`), scattered into a dense-shaped gradient (pruned entries zero).
+  (`csr_sddmm`, `conv2d_sddmm`), scattered into a dense-shaped gradient (pruned entries zero), a
+  buffer reused once no tensor holds the last one (`_Slots.scatter`), so no dense zero fill per step.
 
 float32 and float64 CPU tensors (float64 for gradient checks); first-order gradients only.
 """
@@ -374,11 +376,12 @@ class _SparseConvFn(torch.autograd.Function):
                 rows = transposed.layout(gy, plan)
                 gx = transposed.input_grad(rows, vals, pack, plan, ctx.x_shape)
                 grad_rows, stride, base = rows.numpy().ravel(), transposed.row_len, transposed.front
+        # positions of a row of the padded layout up to the last valid output
+        length = (plan.n_img - 1) * plan.hq * plan.wq + plan.out_h * plan.wq
         if ctx.needs_input_grad[1]:
             if grad_rows is None:
                 grad_rows = _output_grad_layout(gy, plan.hq, plan.wq).numpy().ravel()
                 stride = plan.n_img * plan.hq * plan.wq
-            length = (plan.n_img - 1) * plan.hq * plan.wq + plan.out_h * plan.wq
             rows_in = ctx.gathered.shape[0]
             piece = int(max(256, min(8192, _SDDMM_PIECE_BYTES // (gy.element_size() * rows_in))))
             threads = kernels.sync_threads()
@@ -398,7 +401,11 @@ class _SparseConvFn(torch.autograd.Function):
             )
             gw = pack.slots.scatter(gv, weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = gy.sum((0, 2, 3))
+            if grad_rows is None:
+                gb = gy.sum((0, 2, 3))
+            else:  # the rows already laid out: zero outside the valid outputs
+                gb = torch.empty(pack.out_channels, dtype=gy.dtype)
+                train_kernels.row_sums(grad_rows, base, stride, length, gb.numpy())
         return gx, gw, gb, None
 
 

@@ -75,6 +75,22 @@ def conv2d_sddmm(xq, gf, g_stride, g_base, rowptr, offsets, gv, k_chunk, tile, l
                     gv[j + 3] += a3
 
 
+@njit(**_JIT_REDUCE)
+def row_sums(flat, base, stride, length, out):  # pragma: no cover - compiled
+    """out[k] = sum of flat[base + k*stride : base + k*stride + length]: a conv's bias gradient.
+
+    Row k is channel k's output gradient in the padded layout the SDDMM reads (zero outside the
+    valid outputs), so its sum is the bias gradient; torch's ``gy.sum((0, 2, 3))`` took 1 ms for
+    a (64, 256, 8, 8) gradient here, 2 threads.
+    """
+    for k in prange(len(out)):
+        start = base + k * stride
+        acc = flat[start] * 0
+        for p in range(length):
+            acc += flat[start + p]
+        out[k] = acc
+
+
 @njit(**_JIT)
 def shifted_rows_sum(src, rowptr, offsets, vals, out, tile, r_chunk):  # pragma: no cover - compiled
     """out[r, u] = sum_j vals[j] * src[offsets[j] + u] over the nonzeros j of row r: a transposed direct convolution.
@@ -160,9 +176,10 @@ def gather_slots(src, position, out):  # pragma: no cover - compiled
 def scatter_at(position, values, dense):  # pragma: no cover - compiled
     """dense[position[i]] = values[i] wherever position[i] >= 0 (positions distinct): gradients, write-backs.
 
-    The dense-shaped weight gradient is written into `torch.zeros` (which fills about 2.5x faster
-    than a zeroing loop here); index_select + `scatter_` took 0.29 ms where this takes 0.22 ms
-    with the zeros, on the 1024×1024 weight above.
+    The dense-shaped weight gradient is written into a buffer that is zero outside the kept
+    positions and reused from step to step (`autograd._Slots.scatter`), so only the kept entries
+    are written; index_select + `scatter_` into fresh zeros took 0.29 ms, this with the zero fill
+    0.22 ms, on the 1024×1024 weight above.
     """
     for i in prange(len(position)):
         p = position[i]
