@@ -87,3 +87,35 @@ def test_gather_input_and_its_inverse_against_numpy(stride, pad, size, reach, n_
     back = np.full_like(x, np.nan)
     train_kernels.conv2d_scatter_input(xq, back, stride, stride, pad, pad, hq, wq)
     np.testing.assert_array_equal(back, np.where(inside, x, 0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kernel=st.integers(1, 5),
+    dilation=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    extra_pad=st.integers(-1, 1),
+    size=st.integers(1, 10),
+    n_img=st.integers(1, 4),
+)
+def test_every_tile_reads_inside_its_gathered_row(kernel, dilation, stride, extra_pad, size, n_img) -> None:
+    """The direct convolution, the SDDMM and the backward conv read `offset + p0 .. offset + p0 + length`
+    of a gathered row: never past its end (a read past it took the next row's value, or memory
+    past the array, which a zero output gradient turned into NaN: 0 · NaN)."""
+    from randsparse.accel.sparse_conv import SparseConv2d
+
+    reach = dilation * (kernel - 1)
+    pad = max(0, reach // 2 + extra_pad)  # "same" when reach is even and extra_pad is 0
+    if size + 2 * pad < reach + 1:
+        return
+    weight = torch.ones(2, 2, kernel, kernel)
+    conv = SparseConv2d(weight, weight != 0, None, stride, pad, dilation, 1, mode="sparse")
+    plan = conv._plan(n_img, size, size)
+    shift = plan.offsets % plan.chan_len
+    plane = plan.hq * plan.wq
+    for n0, n1, oh0, oh1 in plan.tiles:
+        if n1 - n0 == 1:
+            p0, length = n0 * plane + oh0 * plan.wq, (oh1 - oh0) * plan.wq
+        else:
+            p0, length = n0 * plane, (n1 - n0 - 1) * plane + plan.out_h * plan.wq
+        assert shift.max() + p0 + length <= plan.chan_len

@@ -33,9 +33,10 @@ from torch.autograd.function import once_differentiable
 from randsparse.accel import kernels, train_kernels
 from randsparse.accel.sparse_conv import SparseConv2d
 
-# References to a gradient buffer that `_Slots.scatter` itself holds while checking it (the attribute,
-# its local name and `sys.getrefcount`'s argument): one more means a gradient tensor still uses it.
-_OWN_REFERENCES = 3
+
+def _references(buffer: np.ndarray) -> int:
+    """`sys.getrefcount` of a slots' gradient buffer, always taken the same way (`_Slots.scatter`)."""
+    return sys.getrefcount(buffer)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class _Slots:
     # per padded slot: its slot in the forward pass's slots (`follow`), -1 for padding
     source: np.ndarray | None = field(default=None, repr=False)
     _grad: np.ndarray | None = field(default=None, repr=False)
+    _grad_free: int = field(default=0, repr=False)  # `_references` of `_grad` while no tensor uses it
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:
         """The padded values of `weight` in slot order (O(kept))."""
@@ -91,14 +93,16 @@ class _Slots:
         torch's optimizers, clipping, AMP scaling or DDP's averaging does).
         """
         values = grads.numpy()
-        buf = self._grad
-        if buf is None or buf.dtype != values.dtype or sys.getrefcount(buf) > _OWN_REFERENCES:
-            buf = self._grad = np.zeros(weight.numel(), dtype=values.dtype)
-        train_kernels.scatter_at(self.position, values, buf)
+        # A tensor made by torch.from_numpy holds a reference to the buffer until its storage is freed,
+        # so a count above the one taken when the buffer was new means a gradient still uses it.
+        if self._grad is None or self._grad.dtype != values.dtype or _references(self._grad) > self._grad_free:
+            self._grad = np.zeros(weight.numel(), dtype=values.dtype)
+            self._grad_free = _references(self._grad)
+        train_kernels.scatter_at(self.position, values, self._grad)
         # A view of the tensor wrapping the buffer: two tensors on one storage, so autograd never sums
         # another gradient of this weight (a dense forward in the same step) into the buffer in place;
         # it does that only into memory no other tensor uses.
-        return torch.from_numpy(buf).view(weight.shape)
+        return torch.from_numpy(self._grad).view(weight.shape)
 
 
 def _make_slots(counts: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, _Slots]:

@@ -158,9 +158,10 @@ class SparseConv2d(SparseModule):
         if (sh, sw) == (1, 1) and (2 * ph, 2 * pw) == (dh * (kh - 1), dw * (kw - 1)):
             # "same" padding: one band of zeros between rows (and between images) is the bottom/right
             # padding of one and the top/left padding of the next, so no tap reads data across them
-            # (8×8 maps: 9×9 planes instead of 10×10). The last image reads a tail of zeros.
+            # (8×8 maps: 9×9 planes instead of 10×10). The last image reads a tail of zeros: its last
+            # tile ends ph·wq before the planes do, and its taps reach 2·ph·wq + 2·pw further.
             hq, wq = height + ph, width + pw
-            tail = ph * wq + pw + 1
+            tail = ph * wq + 2 * pw
         plane = hq * wq
         chan_len = n_img * plane + tail
         tap = self.tap.numpy().astype(np.int64)
