@@ -4,7 +4,7 @@
 are attached (`randsparse.sparsity.attach`, the ``<weight>_randsparse_mask`` buffers):
 
 - ``"dense"``: nothing changes (the masked dense layers);
-- ``"sparse"``: every covered layer computes forward and backward with `randsparse.accel.autograd`
+- ``"sparse"``: every covered layer computes forward and backward with `randsparse.accel.train_linear` / `train_conv`
   (work in proportion to its kept weights);
 - ``"auto"``: the first time a layer trains on an input shape, it times forward+backward of both
   paths on that very input (interleaved medians, as `randsparse.accel.dispatch.measure_candidates`)
@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from randsparse.accel.autograd import ConvPack, LinearPack, sparse_conv2d, sparse_linear
 from randsparse.accel.dispatch import SPARSE_MARGIN, Decision, measure_candidates
+from randsparse.accel.train_conv import ConvPack, sparse_conv2d
+from randsparse.accel.train_linear import LinearPack, sparse_linear
 from randsparse.errors import ConfigError
 from randsparse.sparsity.enforce import BUFFER_SUFFIX, GRADIENT_PREMASKED, without_pruned
 

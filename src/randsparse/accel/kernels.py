@@ -206,6 +206,30 @@ def conv2d_gather_input(x, xq, stride_h, stride_w, pad_h, pad_w, hq, wq):  # pra
                         dst[t] = 0.0
 
 
+@njit(inline="always")
+def tile_span(tiles, t, ho, wq, plane):  # pragma: no cover - compiled
+    """Start and length, in the phase planes, of output tile t = (n0, n1, oh0, oh1) (`conv2d_direct`'s tiles)."""
+    n0, n1, oh0, oh1 = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3]
+    if n1 - n0 == 1:
+        return n0 * plane + oh0 * wq, (oh1 - oh0) * wq
+    return n0 * plane, (n1 - n0 - 1) * plane + ho * wq
+
+
+@njit(inline="always")
+def copy_tile_out(acc, out, tiles, t, k, wq, plane):  # pragma: no cover - compiled
+    """Copy the valid columns of tile t's accumulated row `acc` into channel k of `out` (N, K, Ho, Wo)."""
+    ho, wo = out.shape[2], out.shape[3]
+    n0, n1 = tiles[t, 0], tiles[t, 1]
+    first_row = tiles[t, 2] if n1 - n0 == 1 else 0
+    last_row = tiles[t, 3] if n1 - n0 == 1 else ho
+    for n in range(n0, n1):
+        for oh in range(first_row, last_row):
+            r = (n - n0) * plane + (oh - first_row) * wq
+            dst = out[n, k, oh]
+            for ow in range(wo):
+                dst[ow] = acc[r + ow]
+
+
 @njit(**_JIT)
 def conv2d_direct(xq, rowptr, offsets, vals, bias, out, tiles, k_chunk, wq, plane):  # pragma: no cover
     """Direct sparse convolution: out[n, k] = bias[k] + sum over output channel k's nonzeros.
@@ -217,24 +241,13 @@ def conv2d_direct(xq, rowptr, offsets, vals, bias, out, tiles, k_chunk, wq, plan
     (Fusing the last pass with that copy ran 1.3-2.3x slower: the row-wise pass did not vectorise
     as well, and at 98 % sparsity it is a third of the passes.)
     """
-    n_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
+    n_out, ho = out.shape[1], out.shape[2]
     xf = xq.ravel()
     n_chunks = (n_out + k_chunk - 1) // k_chunk
     for task in prange(tiles.shape[0] * n_chunks):
         t = task // n_chunks
         chunk = task - t * n_chunks
-        n0 = tiles[t, 0]
-        n1 = tiles[t, 1]
-        oh0 = tiles[t, 2]
-        oh1 = tiles[t, 3]
-        if n1 - n0 == 1:
-            p0 = n0 * plane + oh0 * wq
-            length = (oh1 - oh0) * wq
-        else:
-            p0 = n0 * plane
-            length = (n1 - n0 - 1) * plane + ho * wq
-        first_row = oh0 if n1 - n0 == 1 else 0
-        last_row = oh1 if n1 - n0 == 1 else ho
+        p0, length = tile_span(tiles, t, ho, wq, plane)
         acc = np.empty(length, dtype=out.dtype)
         for k in range(chunk * k_chunk, min(n_out, (chunk + 1) * k_chunk)):
             j0 = rowptr[k]
@@ -248,9 +261,4 @@ def conv2d_direct(xq, rowptr, offsets, vals, bias, out, tiles, k_chunk, wq, plan
                 s0, s1, s2, s3 = _group_runs(xf, offsets, j, p0, length)
                 for q in range(length):
                     acc[q] += (v0 * s0[q] + v1 * s1[q]) + (v2 * s2[q] + v3 * s3[q])
-            for n in range(n0, n1):
-                for oh in range(first_row, last_row):
-                    r = (n - n0) * plane + (oh - first_row) * wq
-                    dst = out[n, k, oh]
-                    for ow in range(wo):
-                        dst[ow] = acc[r + ow]
+            copy_tile_out(acc, out, tiles, t, k, wq, plane)

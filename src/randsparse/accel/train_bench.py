@@ -2,7 +2,7 @@
 
 Per layer: for a Linear or Conv2d shape and a sparsity, the forward+backward time (gradients of the
 input and the weight) of the dense layer, the masked dense layer (what `engine: dense` trains: the
-op plus `FixedMask`'s gradient masking), our sparse layer (`randsparse.accel.autograd`) and, when
+op plus `FixedMask`'s gradient masking), our sparse layers (`randsparse.accel.train_linear`, `train_conv`) and, when
 the ``sparseprop`` package imports, SparseProp's layer (IST Austria, ICML 2023; a comparator only).
 Whole steps: forward, loss, backward and optimizer step of a registered model, dense (no masks),
 masked dense, ``engine: sparse`` and ``engine: auto`` (both with the O(kept) optimizer), next to
@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from randsparse.accel.auto_check import check_auto
-from randsparse.accel.autograd import ConvPack, LinearPack, sparse_conv2d, sparse_linear
 from randsparse.accel.bench import time_interleaved
 from randsparse.accel.engine import dense_op, engine_report, use_engine
 from randsparse.accel.kept_optim import AUTO_MAX_DENSITY, use_kept_optimizer
+from randsparse.accel.train_conv import ConvPack, sparse_conv2d
+from randsparse.accel.train_linear import LinearPack, sparse_linear
 from randsparse.evaluate.complexity import count_flops
 from randsparse.models import ModelSpec
 from randsparse.sparsity import attach, plan_sparsity
