@@ -234,7 +234,8 @@ def copy_tile_out(acc, out, tiles, t, k, wq, plane):  # pragma: no cover - compi
 def conv2d_direct(xq, rowptr, offsets, vals, bias, out, tiles, k_chunk, wq, plane):  # pragma: no cover
     """Direct sparse convolution: out[n, k] = bias[k] + sum over output channel k's nonzeros.
 
-    Work is split into (tile, block of output channels) tasks. A tile is a run of output rows of
+    Work is split into (block of output channels, tile) tasks, blocks outermost (each thread gets
+    whole blocks over every tile, so equal blocks balance the threads). A tile is a run of output rows of
     one image, or several whole images, i.e. one contiguous stretch of the phase planes; each
     nonzero adds `value * xq[offset + p0 : offset + p0 + L]` to the tile, `GROUP` nonzeros per pass
     in an L1-resident scratch row, whose valid columns are then copied to `out` row by row.
@@ -244,9 +245,10 @@ def conv2d_direct(xq, rowptr, offsets, vals, bias, out, tiles, k_chunk, wq, plan
     n_out, ho = out.shape[1], out.shape[2]
     xf = xq.ravel()
     n_chunks = (n_out + k_chunk - 1) // k_chunk
-    for task in prange(tiles.shape[0] * n_chunks):
-        t = task // n_chunks
-        chunk = task - t * n_chunks
+    n_tiles = tiles.shape[0]
+    for task in prange(n_tiles * n_chunks):
+        chunk = task // n_tiles
+        t = task - chunk * n_tiles
         p0, length = tile_span(tiles, t, ho, wq, plane)
         acc = np.empty(length, dtype=out.dtype)
         for k in range(chunk * k_chunk, min(n_out, (chunk + 1) * k_chunk)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -174,7 +175,10 @@ class SparseConv2d(SparseModule):
         n_tasks_wanted = 4 * threads
         k_chunk = self.out_channels
         if len(tiles) < n_tasks_wanted:
-            k_chunk = max(1, math.ceil(self.out_channels * len(tiles) / n_tasks_wanted))
+            # Channel blocks, as many as the tiles need for about 4 tasks per thread, a multiple of the
+            # threads: the kernel runs blocks outermost, so each thread gets whole blocks over every tile.
+            chunks = -(-math.ceil(n_tasks_wanted / len(tiles)) // threads) * threads
+            k_chunk = max(1, math.ceil(self.out_channels / chunks))
         plan = _ConvPlan(n_img, out_h, out_w, hq, wq, chan_len, offsets.astype(np.int64), tiles, k_chunk)
         self._shape_cache[key] = plan
         return plan
@@ -238,8 +242,8 @@ def _tiles(n_img: int, out_h: int, wq: int, plane: int, input_rows: int) -> np.n
         for n in range(n_img):
             for oh0 in range(0, out_h, rows):
                 tiles.append((n, n + 1, oh0, min(out_h, oh0 + rows)))
-    else:
-        per = max(1, target // plane)
-        for n0 in range(0, n_img, per):
-            tiles.append((n0, min(n_img, n0 + per), 0, out_h))
+    else:  # groups of whole images, as even as they can be
+        count = math.ceil(n_img / max(1, target // plane))
+        bounds = [n_img * i // count for i in range(count + 1)]
+        tiles = [(n0, n1, 0, out_h) for n0, n1 in itertools.pairwise(bounds)]
     return np.asarray(tiles, dtype=np.int64).reshape(-1, 4)
