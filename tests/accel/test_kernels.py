@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -119,3 +120,70 @@ def test_every_tile_reads_inside_its_gathered_row(kernel, dilation, stride, extr
         else:
             p0, length = n0 * plane, (n1 - n0 - 1) * plane + plan.out_h * plan.wq
         assert shift.max() + p0 + length <= plan.chan_len
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    channels=st.integers(1, 300),
+    size=st.integers(1, 40),
+    n_img=st.integers(1, 130),
+    threads=st.integers(1, 4),
+    stride=st.integers(1, 2),
+)
+def test_conv_tasks_share_the_work_evenly(channels, size, n_img, threads, stride) -> None:
+    """Whole-image tiles differ by at most one image; with few tiles the channel blocks are a multiple of the
+    threads and equal but for a short last one (the kernel runs blocks outermost, so each thread gets whole
+    blocks over every tile). Six tiles of 12, 12, 12, 12, 12 and 4 images once split 36/28 between 2 threads."""
+    from randsparse.accel import sparse_conv
+
+    weight = torch.ones(channels, 1, 3, 3)
+    conv = sparse_conv.SparseConv2d(weight, weight != 0, None, stride, 1, 1, channels, mode="sparse")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sparse_conv.kernels, "sync_threads", lambda threads_=None: threads)
+        plan = conv._plan(n_img, size, size)
+    images = [int(n1 - n0) for n0, n1, _, _ in plan.tiles]
+    if max(images) > 1:  # groups of whole images
+        assert max(images) - min(images) <= 1, images
+        assert sum(images) == n_img
+    chunks = -(-channels // plan.k_chunk)
+    if len(plan.tiles) < 4 * threads and channels >= 4 * threads:
+        assert chunks % threads == 0, (len(plan.tiles), plan.k_chunk, chunks)
+        assert plan.k_chunk - (channels - (chunks - 1) * plan.k_chunk) < chunks
+
+
+@settings(max_examples=200, deadline=None)
+@given(count=st.integers(1, 600), blocks=st.integers(1, 40), threads=st.integers(1, 8))
+def test_block_size_gives_whole_blocks_to_every_thread(count, blocks, threads) -> None:
+    """`block_size`: a block count the threads divide (wherever one exists), equal blocks but a short last one."""
+    from randsparse.accel.sparse_conv import block_size
+
+    size = block_size(count, blocks, threads)
+    n = -(-count // size)
+    last = count - (n - 1) * size
+    if any(-(-count // other) % threads == 0 for other in range(1, count + 1)):
+        assert n % threads == 0, (size, n)
+    assert 0 < last <= size and size - last < max(n, 2)
+    rounded = -(-blocks // threads) * threads
+    if count % rounded == 0:  # 64, 128, 256 channels in 2, 4, 8 blocks: exactly those blocks
+        assert n == rounded
+
+
+def test_strided_conv_gradient_tasks_divide_between_threads() -> None:
+    """The transposed direct convolution of a stride-2 conv with 3 tiles: row blocks a multiple of the threads
+    (before: 3 blocks, 9 tasks split 5/4 between 2 threads)."""
+    from torch import nn
+
+    from randsparse.accel import sparse_conv
+    from randsparse.accel.train_conv import ConvPack
+
+    layer = nn.Conv2d(128, 256, 3, stride=2, padding=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sparse_conv.kernels, "sync_threads", lambda threads_=None: 2)
+        patch.setattr("randsparse.accel.train_conv.kernels.sync_threads", lambda threads_=None: 2)
+        pack = ConvPack(layer, torch.rand(layer.weight.shape) < 0.05)
+        plan = pack.forward_conv._plan(64, 16, 16)
+        transposed = pack.transposed(plan)
+    tiles = -(-transposed.cols // transposed.tile)
+    chunks = -(-transposed.rows // transposed.r_chunk)
+    assert tiles == 3
+    assert (tiles * chunks) % 2 == 0 and chunks % 2 == 0

@@ -177,8 +177,7 @@ class SparseConv2d(SparseModule):
         if len(tiles) < n_tasks_wanted:
             # Channel blocks, as many as the tiles need for about 4 tasks per thread, a multiple of the
             # threads: the kernel runs blocks outermost, so each thread gets whole blocks over every tile.
-            chunks = -(-math.ceil(n_tasks_wanted / len(tiles)) // threads) * threads
-            k_chunk = max(1, math.ceil(self.out_channels / chunks))
+            k_chunk = block_size(self.out_channels, math.ceil(n_tasks_wanted / len(tiles)), threads)
         plan = _ConvPlan(n_img, out_h, out_w, hq, wq, chan_len, offsets.astype(np.int64), tiles, k_chunk)
         self._shape_cache[key] = plan
         return plan
@@ -229,6 +228,22 @@ class SparseConv2d(SparseModule):
 def kernels_dtype(x: torch.Tensor) -> type:
     """The NumPy dtype the kernels compute `x` in (float64 for float64 inputs, else float32)."""
     return np.float64 if x.dtype == torch.float64 else np.float32
+
+
+def block_size(count: int, blocks: int, threads: int) -> int:
+    """Size of the blocks that split `count` channels (or rows) into at least `blocks` blocks, as kernel tasks.
+
+    The number of blocks is rounded up to a multiple of `threads` and the blocks are equal but for
+    a shorter last one; with fewer channels than that, the largest block count `threads` divides
+    (if none does, as many blocks as asked).
+    The kernels run the blocks outermost and numba splits the tasks into equal runs per thread, so
+    each thread gets whole blocks over every tile.
+    """
+    blocks = -(-blocks // threads) * threads
+    first = size = max(1, math.ceil(count / blocks))
+    while -(-count // size) % threads and size < count:
+        size += 1
+    return size if -(-count // size) % threads == 0 else first  # none divides: as many blocks as asked
 
 
 def _tiles(n_img: int, out_h: int, wq: int, plane: int, input_rows: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from torch.autograd.function import once_differentiable
 
 from randsparse.accel import kernels, train_kernels
 from randsparse.accel.slots import make_slots, slots_of
-from randsparse.accel.sparse_conv import SparseConv2d
+from randsparse.accel.sparse_conv import SparseConv2d, block_size
 
 
 def _flip_transpose(t: torch.Tensor, groups: int) -> torch.Tensor:
@@ -102,8 +102,8 @@ class _Transposed:
         threads = kernels.sync_threads()
         self.tile = 2048
         tiles = -(-self.cols // self.tile)
-        chunks = -(-4 * threads // tiles)  # (tile, row block) tasks: about 4 per thread, or one per tile
-        self.r_chunk = -(-self.rows // chunks)
+        # (tile, row block) tasks: about 4 per thread, or one per tile
+        self.r_chunk = block_size(self.rows, -(-4 * threads // tiles), threads) if tiles < 4 * threads else self.rows
         self.blocks = min(tiles, 4 * threads)  # the fused pass's tile blocks: one partial weight gradient each
 
     def layout(self, gy: torch.Tensor, plan: Any) -> torch.Tensor:
@@ -172,13 +172,14 @@ def _same_conv_grads(
     its own partial weight gradient, summed here. Few tiles (8 per thread or fewer: small maps,
     several images per tile): one block, tasks by input channels, about 4 per thread. Measured
     against the other split on the ResNet-20 ×4 shapes, batch 64, 95/98 %, 2 threads: 256 ch
-    8×8: 1.12-1.25× faster; 128 ch 16×16: 1.05-1.09×; 64 ch 32×32: 1.05-1.15× for the blocks.
+    8×8 (6 tiles): 1.12-1.13× faster; 128 ch 16×16 (10 tiles): 1.06-1.09×; 64 ch 32×32 (64
+    tiles): the blocks, 1.05-1.15× faster.
     """
     threads = kernels.sync_threads()
     tasks = 4 * threads
     tiles = len(plan_t.tiles)
     blocks = min(tiles, tasks) if tiles > 8 * threads else 1
-    k_chunk = -(-pack.in_channels // -(-tasks // blocks))
+    k_chunk = block_size(pack.in_channels, -(-tasks // blocks), threads)
     partial = np.empty((blocks, len(pack.slots_t.index)), dtype=gathered_gy.dtype)
     gx = torch.empty(x_shape, dtype=torch.from_numpy(vals_t).dtype)
     train_kernels.conv2d_direct_sddmm(
