@@ -123,8 +123,8 @@ def test_weight_gradient_without_an_input_gradient(stride: int, padding: int, si
 def test_float32_conv_gradients_over_many_tiles(stride: int, batch: int, size: int) -> None:
     """Inputs whose gathered rows span several kernel tiles (2 048 positions) and channel blocks.
 
-    The larger inputs give the fused backward passes more tiles than tile blocks (8 at most), so
-    each block's partial weight gradient sums several tiles.
+    The larger inputs give the fused backward passes more tiles than tile blocks (4 per thread at
+    most), so each block's partial weight gradient sums several tiles.
     """
     layer = nn.Conv2d(8, 16, 3, stride=stride, padding=1)
     weight, mask = _masked(tuple(layer.weight.shape), 0.2, 3, dtype=torch.float32)
@@ -147,7 +147,7 @@ def test_float32_conv_gradients_over_many_tiles(stride: int, batch: int, size: i
 
 @pytest.mark.parametrize("kind", ["linear", "same conv", "strided conv"])
 def test_each_gradient_alone_equals_the_fused_pass(kind: str) -> None:
-    """Input gradient only (frozen weight), weight gradient only (leaf input), both (fused): as masked dense."""
+    """Input gradient only (frozen weight), weight gradient only (input without grad), both (fused): as masked dense."""
     gen = torch.Generator().manual_seed(5)
     if kind == "linear":
         weight, mask = _masked((12, 20), 0.3, 5)
@@ -261,7 +261,8 @@ def _layer_and_pack(kind: str):
         weight, mask = _masked((12, 20), 0.3, 5, torch.float32)
         pack = LinearPack(mask)
         return weight, mask, lambda x, w: sparse_linear(x, w, None, pack), torch.randn(6, 20)
-    layer = nn.Conv2d(5, 6, 3, padding=1, bias=False)
+    stride = 2 if kind == "strided conv" else 1
+    layer = nn.Conv2d(5, 6, 3, stride=stride, padding=1, bias=False)
     weight, mask = _masked(tuple(layer.weight.shape), 0.3, 6, torch.float32)
     pack = ConvPack(layer, mask)
     return weight, mask, lambda x, w: sparse_conv2d(x, w, None, pack), torch.randn(3, 5, 7, 7)
@@ -269,16 +270,20 @@ def _layer_and_pack(kind: str):
 
 def _dense_grad(kind: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, out_grad: torch.Tensor):
     w = weight.clone().requires_grad_()
-    out = F.linear(x, w) if kind == "linear" else F.conv2d(x, w, padding=1)
+    stride = 2 if kind == "strided conv" else 1
+    out = F.linear(x, w) if kind == "linear" else F.conv2d(x, w, stride=stride, padding=1)
     out.backward(out_grad)
     return w.grad * mask
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
-def test_weight_gradient_buffer_is_reused_only_once_no_tensor_holds_it(kind: str) -> None:
+@pytest.mark.parametrize("input_grad", [False, True], ids=["weight gradient alone", "fused with the input's"])
+@pytest.mark.parametrize("kind", ["linear", "conv", "strided conv"])
+def test_weight_gradient_buffer_is_reused_only_once_no_tensor_holds_it(kind: str, input_grad: bool) -> None:
     """A step writes the kept gradients into the buffer the last step's dropped gradient used (no zero fill);
-    while a gradient is still held, or accumulated into, the next one gets fresh memory."""
+    while a gradient is still held, or accumulated into, the next one gets fresh memory. Both backward
+    paths (the weight gradient alone, a first layer's; fused with the input gradient, every other layer's)."""
     weight, mask, run, x = _layer_and_pack(kind)
+    x = x.clone().requires_grad_(input_grad)
     w = weight.clone().requires_grad_()
     grads = [torch.randn_like(run(x, w)) for _ in range(4)]
     expected = [_dense_grad(kind, x, weight, mask, g) for g in grads]
@@ -303,3 +308,75 @@ def test_weight_gradient_buffer_is_reused_only_once_no_tensor_holds_it(kind: str
     run(x, w).backward(grads[3])  # accumulated into the last gradient, no zero_grad between
     torch.testing.assert_close(w.grad, expected[2] + expected[3])
     torch.testing.assert_close(held, held_copy)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "strided conv"])
+def test_one_gradient_buffer_per_layer_whichever_pass_writes_it(kind: str) -> None:
+    """The fused pass (transposed pack's slots) and the weight-gradient-only pass (forward pack's) write one
+    buffer: a layer never holds two weight-sized gradient buffers (nor, strided, one per batch shape)."""
+    weight, mask, run, x = _layer_and_pack(kind)
+    w = weight.clone().requires_grad_()
+    inputs = [x.clone().requires_grad_(True), x.clone(), x[:2].clone().requires_grad_(True), x.clone()]
+    pointers = []
+    for xi in inputs:
+        out = run(xi, w)
+        out.backward(torch.ones_like(out))
+        torch.testing.assert_close(w.grad, _dense_grad(kind, xi.detach(), weight, mask, torch.ones_like(out)))
+        pointers.append(w.grad.data_ptr())
+        w.grad = None
+    assert len(set(pointers)) == 1
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "strided conv"])
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(kind: str) -> None:
+    weight, _, run, x = _layer_and_pack(kind)
+    x = x[:0].clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    out = run(x, w)
+    stride = 2 if kind == "strided conv" else 1
+    dense = F.linear(x, weight) if kind == "linear" else F.conv2d(x, weight, stride=stride, padding=1)
+    assert out.shape == dense.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    assert bool((w.grad == 0).all())
+
+
+@pytest.fixture
+def two_threads():
+    """The fused kernels with 2 threads (the suite pins torch, and so numba, to 1): tasks run concurrently."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("stride", "batch", "size", "in_channels"),
+    [(1, 4, 6, 32), (1, 40, 32, 8), (2, 8, 16, 16), (2, 32, 48, 8)],  # few tiles / many tiles, per path
+)
+def test_fused_conv_gradients_with_two_threads(two_threads, stride: int, batch: int, size: int, in_channels: int):
+    layer = nn.Conv2d(in_channels, 8, 3, stride=stride, padding=1)
+    weight, mask = _masked(tuple(layer.weight.shape), 0.2, 7, dtype=torch.float32)
+    pack = ConvPack(layer, mask)
+    x = torch.randn(batch, in_channels, size, size)
+    sparse_in, dense_in = _leaves(x, weight, layer.bias), _leaves(x, weight, layer.bias)
+    out_s, out_d = sparse_conv2d(*sparse_in, pack), F.conv2d(*dense_in, stride, 1)
+    grad = torch.randn_like(out_d)
+    out_s.backward(grad)
+    out_d.backward(grad)
+    torch.testing.assert_close(sparse_in[0].grad, dense_in[0].grad, rtol=1e-4, atol=1e-4)
+    expected = dense_in[1].grad * mask
+    torch.testing.assert_close(sparse_in[1].grad, expected, rtol=1e-4, atol=2e-5 * float(expected.abs().max()))
+
+
+def test_fused_linear_gradients_with_two_threads(two_threads) -> None:
+    weight, mask = _masked((64, 96), 0.1, 8, dtype=torch.float32)
+    pack = LinearPack(mask)
+    x = torch.randn(33, 96)
+    sparse_in, dense_in = _leaves(x, weight, torch.zeros(64)), _leaves(x, weight, torch.zeros(64))
+    out_s, out_d = sparse_linear(*sparse_in, pack), F.linear(*dense_in)
+    grad = torch.randn_like(out_d)
+    out_s.backward(grad)
+    out_d.backward(grad)
+    torch.testing.assert_close(sparse_in[0].grad, dense_in[0].grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sparse_in[1].grad, dense_in[1].grad * mask, rtol=1e-4, atol=1e-4)

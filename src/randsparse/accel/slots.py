@@ -19,8 +19,30 @@ from randsparse.accel import kernels, train_kernels
 
 
 def _references(buffer: np.ndarray) -> int:
-    """`sys.getrefcount` of a slots' gradient buffer, always taken the same way (`Slots.scatter`)."""
+    """`sys.getrefcount` of a gradient buffer's array, always taken the same way (`GradBuffer.take`)."""
     return sys.getrefcount(buffer)
+
+
+class GradBuffer:
+    """A weight's dense-shaped gradient buffer (flat, the weight's numel), zero outside the kept positions.
+
+    One per pack, shared by all of its `Slots` (the forward pack's, the transposed packs' of the
+    backward passes), so a layer holds one such buffer whichever pass wrote its last gradient.
+    """
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+        self.free = 0  # `_references` of `array` while no tensor uses it
+
+    def take(self, numel: int, dtype: np.dtype) -> np.ndarray:
+        """The buffer, or a fresh zeroed one while a tensor still uses it (or it has another size or dtype)."""
+        # A tensor made by torch.from_numpy holds a reference to the array until its storage is freed,
+        # so a count above the one taken when the array was new means a gradient still uses it.
+        array = self.array
+        if array is None or array.dtype != dtype or array.size != numel or _references(array) - 1 > self.free:
+            self.array = np.zeros(numel, dtype=dtype)
+            self.free = _references(self.array)
+        return self.array
 
 
 @dataclass
@@ -36,8 +58,8 @@ class Slots:
     position: np.ndarray  # int64, per padded slot: flat position in the weight, -1 for padding
     # per padded slot: its slot in the forward pass's slots (`follow`), -1 for padding
     source: np.ndarray | None = field(default=None, repr=False)
-    _grad: np.ndarray | None = field(default=None, repr=False)
-    _grad_free: int = field(default=0, repr=False)  # `_references` of `_grad` while no tensor uses it
+    # where `scatter` writes the dense-shaped gradient; packs share one between their slots
+    buffer: GradBuffer = field(default_factory=GradBuffer, repr=False)
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:
         """The padded values of `weight` in slot order (O(kept))."""
@@ -68,7 +90,7 @@ class Slots:
     def scatter(self, grads: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """A dense gradient shaped like `weight`: `grads` (per padded slot) at the kept positions, zero elsewhere.
 
-        The gradient is written into a buffer kept here, zero outside the kept positions, which is
+        The gradient is written into `buffer` (`GradBuffer`), zero outside the kept positions, which is
         reused once no tensor uses it any more (the usual case: the optimizer step or `zero_grad`
         dropped the last gradient), so a step writes O(kept) entries instead of zero-filling the
         whole weight. While the last gradient is still held (accumulation over micro-batches, a
@@ -77,16 +99,12 @@ class Slots:
         torch's optimizers, clipping, AMP scaling or DDP's averaging does).
         """
         values = grads.numpy()
-        # A tensor made by torch.from_numpy holds a reference to the buffer until its storage is freed,
-        # so a count above the one taken when the buffer was new means a gradient still uses it.
-        if self._grad is None or self._grad.dtype != values.dtype or _references(self._grad) > self._grad_free:
-            self._grad = np.zeros(weight.numel(), dtype=values.dtype)
-            self._grad_free = _references(self._grad)
-        train_kernels.scatter_at(self.position, values, self._grad)
+        dense = self.buffer.take(weight.numel(), values.dtype)
+        train_kernels.scatter_at(self.position, values, dense)
         # A view of the tensor wrapping the buffer: two tensors on one storage, so autograd never sums
         # another gradient of this weight (a dense forward in the same step) into the buffer in place;
         # it does that only into memory no other tensor uses.
-        return torch.from_numpy(self._grad).view(weight.shape)
+        return torch.from_numpy(dense).view(weight.shape)
 
 
 def make_slots(counts: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, Slots]:

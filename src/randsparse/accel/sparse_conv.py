@@ -177,7 +177,8 @@ class SparseConv2d(SparseModule):
         if len(tiles) < n_tasks_wanted:
             # Channel blocks, as many as the tiles need for about 4 tasks per thread, a multiple of the
             # threads: the kernel runs blocks outermost, so each thread gets whole blocks over every tile.
-            k_chunk = block_size(self.out_channels, math.ceil(n_tasks_wanted / len(tiles)), threads)
+            # (An empty batch has no tiles.)
+            k_chunk = block_size(self.out_channels, math.ceil(n_tasks_wanted / max(1, len(tiles))), threads)
         plan = _ConvPlan(n_img, out_h, out_w, hq, wq, chan_len, offsets.astype(np.int64), tiles, k_chunk)
         self._shape_cache[key] = plan
         return plan
@@ -231,11 +232,12 @@ def kernels_dtype(x: torch.Tensor) -> type:
 
 
 def block_size(count: int, blocks: int, threads: int) -> int:
-    """Size of the blocks that split `count` channels (or rows) into at least `blocks` blocks, as kernel tasks.
+    """Size of the blocks that split `count` channels (or rows) into about `blocks` blocks, as kernel tasks.
 
     The number of blocks is rounded up to a multiple of `threads` and the blocks are equal but for
-    a shorter last one; with fewer channels than that, the largest block count `threads` divides
-    (if none does, as many blocks as asked).
+    a shorter last one. Where that count does not come out of a whole block size (fewer channels
+    than blocks, or uneven counts), the largest smaller block count that `threads` divides; if
+    none does, the blocks of ``ceil(count / blocks)``.
     The kernels run the blocks outermost and numba splits the tasks into equal runs per thread, so
     each thread gets whole blocks over every tile.
     """
@@ -257,7 +259,7 @@ def _tiles(n_img: int, out_h: int, wq: int, plane: int, input_rows: int) -> np.n
         for n in range(n_img):
             for oh0 in range(0, out_h, rows):
                 tiles.append((n, n + 1, oh0, min(out_h, oh0 + rows)))
-    else:  # groups of whole images, as even as they can be
+    elif n_img:  # groups of whole images, as even as they can be (no images: no tiles)
         count = math.ceil(n_img / max(1, target // plane))
         bounds = [n_img * i // count for i in range(count + 1)]
         tiles = [(n0, n1, 0, out_h) for n0, n1 in itertools.pairwise(bounds)]

@@ -51,6 +51,7 @@ class LinearPack:
         rowptr, self.slots = slots_of(index, mask)
         rowptr_t, self.slots_t = slots_of(index.t(), mask.t())
         self.slots_t.follow(self.slots)
+        self.slots_t.buffer = self.slots.buffer  # one gradient buffer, whichever pass writes it
         self.rowptr = rowptr
         self.cols = (self.slots.index % self.shape[1]).to(torch.int32).numpy()
         self.rowptr_t = rowptr_t
