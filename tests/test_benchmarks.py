@@ -15,6 +15,7 @@ WITH_VERDICT = [
     "data_loader",
     "enforce_overhead",
     "eval_time",
+    "fused_backward",
     "mask_creation",
     "saliency_time",
     "sparse_checkpoint_size",
