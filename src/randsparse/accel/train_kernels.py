@@ -187,6 +187,22 @@ def shifted_rows_sum(src, rowptr, offsets, vals, out, tile, r_chunk):  # pragma:
                     acc[q] += (v0 * s0[q] + v1 * s1[q]) + (v2 * s2[q] + v3 * s3[q])
 
 
+@njit(inline="always")
+def _fused_task(task, n_chunks, chunk, count, rowptr, parts):  # pragma: no cover - compiled
+    """Task `task` of a fused pass: (block b, rows r0 .. r1 of a `chunk`-row block), b's zeroed partial gradient.
+
+    Tasks run blocks of tiles outermost and row (channel) blocks within; parts[b, j] is nonzero j's
+    weight gradient over tile block b, zeroed here for the task's rows.
+    """
+    blk = task // n_chunks
+    r0 = (task - blk * n_chunks) * chunk
+    r1 = min(count, r0 + chunk)
+    grads = parts[blk]
+    for j in range(rowptr[r0], rowptr[r1]):
+        grads[j] = 0
+    return blk, r0, r1, grads
+
+
 @njit(**_JIT_REDUCE)
 def conv2d_direct_sddmm(gq, rowptr, offsets, vals, out, tiles, k_chunk, wq, plane, xq, base, parts):  # pragma: no cover
     """Both gradients of a stride-1 "same" sparse convolution in one pass over the output gradient.
@@ -208,13 +224,7 @@ def conv2d_direct_sddmm(gq, rowptr, offsets, vals, out, tiles, k_chunk, wq, plan
     for t in range(n_tiles):
         longest = max(longest, tile_span(tiles, t, ho, wq, plane)[1])
     for task in prange(n_blocks * n_chunks):
-        blk = task // n_chunks
-        chunk = task - blk * n_chunks
-        k0 = chunk * k_chunk
-        k1 = min(n_out, k0 + k_chunk)
-        grads = parts[blk]
-        for j in range(rowptr[k0], rowptr[k1]):
-            grads[j] = 0
+        blk, k0, k1, grads = _fused_task(task, n_chunks, k_chunk, n_out, rowptr, parts)
         acc = np.empty(longest, dtype=out.dtype)
         for t in range(blk * n_tiles // n_blocks, (blk + 1) * n_tiles // n_blocks):  # blocks even to a tile
             p0, length = tile_span(tiles, t, ho, wq, plane)
@@ -237,13 +247,7 @@ def shifted_rows_sum_sddmm(src, rowptr, offsets, vals, out, tile, r_chunk, xq, p
     n_blocks = partial.shape[0]
     n_chunks = (rows + r_chunk - 1) // r_chunk
     for task in prange(n_blocks * n_chunks):
-        blk = task // n_chunks
-        chunk = task - blk * n_chunks
-        r0 = chunk * r_chunk
-        r1 = min(rows, r0 + r_chunk)
-        grads = partial[blk]
-        for j in range(rowptr[r0], rowptr[r1]):
-            grads[j] = 0
+        blk, r0, r1, grads = _fused_task(task, n_chunks, r_chunk, rows, rowptr, partial)
         for t in range(blk * n_tiles // n_blocks, (blk + 1) * n_tiles // n_blocks):  # blocks even to a tile
             u0 = t * tile
             span = min(cols, u0 + tile) - u0
