@@ -232,9 +232,9 @@ class ResultsStore:
         owner = owner or owner_id()
         host, _, pid = owner.rpartition(":")
         with self._transaction() as db:
-            pending = db.execute(
-                "SELECT id FROM runs WHERE status = 'pending' AND in_study = 1 ORDER BY position"
-            ).fetchall()
+            # Unranked, only the first by grid position is read; ranks need every pending id.
+            query = "SELECT id FROM runs WHERE status = 'pending' AND in_study = 1 ORDER BY position"
+            pending = db.execute(query if priority else query + " LIMIT 1").fetchall()
             if not pending:
                 return None
             ranks = priority or {}
