@@ -131,6 +131,36 @@ def test_fallbacks_are_reported_and_compute_dense() -> None:
     assert any("autocast" in reason for layer in engine_report(net)["layers"] for reason in layer["fallbacks"])
 
 
+def test_a_model_off_the_cpu_computes_masked_dense_and_says_so() -> None:
+    """Tensors on another device (the meta device here, CUDA below) take the masked dense path."""
+    net, masks = _masked_net()
+    attach(net, masks)
+    assert use_engine(copy.deepcopy(net).to("meta"), "auto") == []  # off the CPU when engaged: nothing engaged
+    assert use_engine(net, "sparse")
+    net.to("meta")  # moved after it was engaged
+    out = net(torch.randn(2, 3, 8, 8, device="meta"))
+    assert out.device.type == "meta" and out.shape[0] == 2
+    reasons = [reason for _, _, state in engaged(net) for reason in state.fallbacks]  # meta has no report numbers
+    assert reasons and all(reason.startswith("device meta") for reason in reasons)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["sparse", "auto"])
+def test_on_cuda_the_engine_trains_the_masked_dense_model(mode: str) -> None:
+    net, masks = _masked_net()
+    attach(net, masks)
+    reference = copy.deepcopy(net).cuda()
+    use_engine(net, mode)
+    net.cuda()
+    x, y = (t.cuda() for t in _data(1)[0])
+    for model in (net, reference):
+        F.cross_entropy(model(x), y).backward()
+    for (name, p), q in zip(net.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    reasons = [reason for layer in engine_report(net)["layers"] for reason in layer["fallbacks"]]
+    assert reasons and all(reason.startswith("device cuda") for reason in reasons)
+
+
 def test_uncovered_layers_stay_dense_and_are_listed() -> None:
     net, masks = _masked_net()
     net.conv2.padding_mode = "reflect"
