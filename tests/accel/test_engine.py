@@ -156,7 +156,7 @@ def test_on_cuda_the_engine_trains_the_masked_dense_model(mode: str) -> None:
     for model in (net, reference):
         F.cross_entropy(model(x), y).backward()
     for (name, p), q in zip(net.named_parameters(), reference.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, msg=name)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)  # cuDNN may sum in another order
     reasons = [reason for layer in engine_report(net)["layers"] for reason in layer["fallbacks"]]
     assert reasons and all(reason.startswith("device cuda") for reason in reasons)
 

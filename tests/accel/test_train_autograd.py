@@ -22,6 +22,28 @@ def _masked(
     return weight, mask
 
 
+@pytest.fixture
+def seeded():
+    """A fixed global RNG seed for the test's float32 data (restored after), so its tolerances meet the same numbers.
+
+    Seed 21 draws a conv whose weight gradient rounds 1.3e-5 (relative) off oneDNN's in the buffer-reuse
+    test: 7 of 300 seeds failed `assert_close`'s float32 default there, none `_assert_sums_close`.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(21)
+        yield
+
+
+def _assert_sums_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal up to float32 summation order: the tolerance is relative to the largest entry.
+
+    The sparse kernels sum a gradient entry's n products in another order than the dense reference
+    (oneDNN), which differs by up to about n·eps·sum|products|: for an entry small next to the
+    products it sums, far more than `assert_close`'s float32 default (rtol 1.3e-6, atol 1e-5) allows.
+    """
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=2e-5 * float(expected.abs().max()))
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_gradcheck(bias: bool) -> None:
     weight, mask = _masked((6, 9), 0.4, 0)
@@ -102,7 +124,7 @@ def test_conv_matches_masked_dense(stride, padding, dilation, groups, kernel, de
     ("stride", "padding", "size"),
     [(1, 1, 9), (2, 1, 13), (2, 0, 12), (1, 0, 9)],  # "same" stride 1; the transposed path
 )
-def test_weight_gradient_without_an_input_gradient(stride: int, padding: int, size: int) -> None:
+def test_weight_gradient_without_an_input_gradient(seeded, stride: int, padding: int, size: int) -> None:
     """A first layer (input without gradient) still gets the weight and bias gradients of the masked dense layer."""
     layer = nn.Conv2d(3, 5, 3, stride=stride, padding=padding)
     weight, mask = _masked(tuple(layer.weight.shape), 0.3, 2, dtype=torch.float32)
@@ -115,12 +137,12 @@ def test_weight_gradient_without_an_input_gradient(stride: int, padding: int, si
     grad = torch.randn_like(out_d)
     out_s.backward(grad)
     out_d.backward(grad)
-    torch.testing.assert_close(w_s.grad, w_d.grad * mask, rtol=1e-4, atol=1e-4)
+    _assert_sums_close(w_s.grad, w_d.grad * mask)
     torch.testing.assert_close(b_s.grad, b_d.grad, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(("stride", "batch", "size"), [(1, 16, 24), (2, 16, 24), (1, 32, 48), (2, 32, 48)])
-def test_float32_conv_gradients_over_many_tiles(stride: int, batch: int, size: int) -> None:
+def test_float32_conv_gradients_over_many_tiles(seeded, stride: int, batch: int, size: int) -> None:
     """Inputs whose gathered rows span several kernel tiles (2 048 positions) and channel blocks.
 
     The larger inputs give the fused backward passes more tiles than tile blocks (4 per thread at
@@ -141,7 +163,7 @@ def test_float32_conv_gradients_over_many_tiles(stride: int, batch: int, size: i
     torch.testing.assert_close(sparse_in[0].grad, dense_in[0].grad, rtol=1e-4, atol=1e-4)
     # float32 sums over up to 74 000 positions (batch 32, 48×48): the error scales with the largest entry
     expected = dense_in[1].grad * mask
-    torch.testing.assert_close(sparse_in[1].grad, expected, rtol=1e-4, atol=2e-5 * float(expected.abs().max()))
+    _assert_sums_close(sparse_in[1].grad, expected)
     assert bool((sparse_in[1].grad[~mask] == 0).all())
 
 
@@ -225,7 +247,7 @@ def test_linear_matches_masked_dense(shape, batch, density, seed) -> None:
     _compare(sparse_linear(*sparse_in, pack), F.linear(*dense_in), sparse_in, dense_in, mask)
 
 
-def test_float32_and_batched_linear_inputs() -> None:
+def test_float32_and_batched_linear_inputs(seeded) -> None:
     weight, mask = _masked((5, 4), 0.5, 3, torch.float32)
     pack = LinearPack(mask)
     x = torch.randn(2, 3, 4)
@@ -278,7 +300,7 @@ def _dense_grad(kind: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.Te
 
 @pytest.mark.parametrize("input_grad", [False, True], ids=["weight gradient alone", "fused with the input's"])
 @pytest.mark.parametrize("kind", ["linear", "conv", "strided conv"])
-def test_weight_gradient_buffer_is_reused_only_once_no_tensor_holds_it(kind: str, input_grad: bool) -> None:
+def test_weight_gradient_buffer_is_reused_only_once_no_tensor_holds_it(seeded, kind: str, input_grad: bool) -> None:
     """A step writes the kept gradients into the buffer the last step's dropped gradient used (no zero fill);
     while a gradient is still held, or accumulated into, the next one gets fresh memory. Both backward
     paths (the weight gradient alone, a first layer's; fused with the input gradient, every other layer's)."""
@@ -290,11 +312,11 @@ def test_weight_gradient_buffer_is_reused_only_once_no_tensor_holds_it(kind: str
 
     run(x, w).backward(grads[0])
     first = w.grad.data_ptr()
-    torch.testing.assert_close(w.grad, expected[0])
+    _assert_sums_close(w.grad, expected[0])
     w.grad = None  # dropped, as the optimizer step or zero_grad(set_to_none=True) does
     run(x, w).backward(grads[1])
     assert w.grad.data_ptr() == first  # reused
-    torch.testing.assert_close(w.grad, expected[1])
+    _assert_sums_close(w.grad, expected[1])
     assert bool((w.grad[~mask] == 0).all())
 
     held = w.grad  # kept by the caller
@@ -303,15 +325,15 @@ def test_weight_gradient_buffer_is_reused_only_once_no_tensor_holds_it(kind: str
     run(x, w).backward(grads[2])
     assert w.grad.data_ptr() != held.data_ptr()
     torch.testing.assert_close(held, held_copy)  # untouched
-    torch.testing.assert_close(w.grad, expected[2])
+    _assert_sums_close(w.grad, expected[2])
 
     run(x, w).backward(grads[3])  # accumulated into the last gradient, no zero_grad between
-    torch.testing.assert_close(w.grad, expected[2] + expected[3])
+    _assert_sums_close(w.grad, expected[2] + expected[3])
     torch.testing.assert_close(held, held_copy)
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv", "strided conv"])
-def test_one_gradient_buffer_per_layer_whichever_pass_writes_it(kind: str) -> None:
+def test_one_gradient_buffer_per_layer_whichever_pass_writes_it(seeded, kind: str) -> None:
     """The fused pass (transposed pack's slots) and the weight-gradient-only pass (forward pack's) write one
     buffer: a layer never holds two weight-sized gradient buffers (nor, strided, one per batch shape)."""
     weight, mask, run, x = _layer_and_pack(kind)
@@ -321,7 +343,7 @@ def test_one_gradient_buffer_per_layer_whichever_pass_writes_it(kind: str) -> No
     for xi in inputs:
         out = run(xi, w)
         out.backward(torch.ones_like(out))
-        torch.testing.assert_close(w.grad, _dense_grad(kind, xi.detach(), weight, mask, torch.ones_like(out)))
+        _assert_sums_close(w.grad, _dense_grad(kind, xi.detach(), weight, mask, torch.ones_like(out)))
         pointers.append(w.grad.data_ptr())
         w.grad = None
     assert len(set(pointers)) == 1
@@ -354,7 +376,9 @@ def two_threads():
     ("stride", "batch", "size", "in_channels"),
     [(1, 4, 6, 32), (1, 40, 32, 8), (2, 8, 16, 16), (2, 32, 48, 8)],  # few tiles / many tiles, per path
 )
-def test_fused_conv_gradients_with_two_threads(two_threads, stride: int, batch: int, size: int, in_channels: int):
+def test_fused_conv_gradients_with_two_threads(
+    seeded, two_threads, stride: int, batch: int, size: int, in_channels: int
+) -> None:
     layer = nn.Conv2d(in_channels, 8, 3, stride=stride, padding=1)
     weight, mask = _masked(tuple(layer.weight.shape), 0.2, 7, dtype=torch.float32)
     pack = ConvPack(layer, mask)
@@ -366,10 +390,10 @@ def test_fused_conv_gradients_with_two_threads(two_threads, stride: int, batch: 
     out_d.backward(grad)
     torch.testing.assert_close(sparse_in[0].grad, dense_in[0].grad, rtol=1e-4, atol=1e-4)
     expected = dense_in[1].grad * mask
-    torch.testing.assert_close(sparse_in[1].grad, expected, rtol=1e-4, atol=2e-5 * float(expected.abs().max()))
+    _assert_sums_close(sparse_in[1].grad, expected)
 
 
-def test_fused_linear_gradients_with_two_threads(two_threads) -> None:
+def test_fused_linear_gradients_with_two_threads(seeded, two_threads) -> None:
     weight, mask = _masked((64, 96), 0.1, 8, dtype=torch.float32)
     pack = LinearPack(mask)
     x = torch.randn(33, 96)
@@ -379,4 +403,4 @@ def test_fused_linear_gradients_with_two_threads(two_threads) -> None:
     out_s.backward(grad)
     out_d.backward(grad)
     torch.testing.assert_close(sparse_in[0].grad, dense_in[0].grad, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(sparse_in[1].grad, dense_in[1].grad * mask, rtol=1e-4, atol=1e-4)
+    _assert_sums_close(sparse_in[1].grad, dense_in[1].grad * mask)
